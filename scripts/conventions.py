@@ -1,0 +1,126 @@
+"""One place for the data conventions every part of the bundle shares (SPEC.md §3).
+
+Intensities, channel order, label encodings and the network's axis layout live here and nowhere else:
+transforms, training, inference and evaluation all call these functions. Every function accepts NumPy arrays
+and PyTorch tensors alike and returns the same kind it was given.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+
+# --- intensities -----------------------------------------------------------------------------------------------
+HU_MIN = -1024.0
+HU_MAX = 600.0
+HU_RANGE = HU_MAX - HU_MIN  # 1624 HU map onto [-1, 1]
+
+# --- channels --------------------------------------------------------------------------------------------------
+CHANNELS = ("ct", "lobe", "airway", "vessel")
+CT, LOBE, AIRWAY, VESSEL = range(4)
+MASK_KEYS = CHANNELS[1:]
+NUM_CHANNELS = len(CHANNELS)
+
+# lungmask LTRCLobes label order (0 is background)
+LOBE_LABELS = {
+    1: "left upper lobe",
+    2: "left lower lobe",
+    3: "right upper lobe",
+    4: "right middle lobe",
+    5: "right lower lobe",
+}
+NUM_LOBES = len(LOBE_LABELS)
+
+# --- geometry --------------------------------------------------------------------------------------------------
+LOWRES_FACTOR = 4  # 256³ → 64³ by nearest-neighbour striding
+DEFAULT_SIZE = 256
+# The network's three spatial axes (D, H, W) as an orientation code: D runs over axial slices from head to feet,
+# the per-slice convolutions and attention act on H (towards the patient's right) and W (towards posterior).
+# This is the layout of the official MedSyn data, so official weights load without permuting any kernel.
+# Volumes are read and written in RAS; `Orientationd(axcodes=NETWORK_AXCODES)` turns them into this layout
+# (the affine follows), and the affine turns them back.
+NETWORK_AXCODES = "IRP"
+OUTPUT_AXCODES = "RAS"
+
+# --- text ------------------------------------------------------------------------------------------------------
+TEXT_TOKENS = 192  # token features per report the low-resolution network attends to
+
+
+def _clip(x: Array, low: float, high: float) -> Array:
+    return x.clip(low, high)
+
+
+def hu_to_unit(hu: Array) -> Array:
+    """HU → [-1, 1]: clip to [HU_MIN, HU_MAX] then map linearly."""
+    if isinstance(hu, np.ndarray):
+        hu = hu.astype(np.float32, copy=False)
+    else:
+        hu = hu.float()
+    return (_clip(hu, HU_MIN, HU_MAX) - HU_MIN) / HU_RANGE * 2.0 - 1.0
+
+
+def unit_to_hu(x: Array) -> Array:
+    """[-1, 1] → HU (inverse of :func:`hu_to_unit` on the window); values outside [-1, 1] are clipped first."""
+    return (_clip(x, -1.0, 1.0) + 1.0) / 2.0 * HU_RANGE + HU_MIN
+
+
+def encode_lobe(label: Array) -> Array:
+    """Lobe labels 0..5 → [-1, 1] as ``label / 5 * 2 - 1``."""
+    if isinstance(label, np.ndarray):
+        label = label.astype(np.float32)
+    else:
+        label = label.float()
+    return label / NUM_LOBES * 2.0 - 1.0
+
+
+def decode_lobe(x: Array) -> Array:
+    """[-1, 1] → lobe labels 0..5 (uint8) by rounding to the nearest label."""
+    label = _clip((x + 1.0) / 2.0 * NUM_LOBES, 0, NUM_LOBES).round()
+    return label.astype(np.uint8) if isinstance(label, np.ndarray) else label.to(torch.uint8)
+
+
+def encode_binary(mask: Array) -> Array:
+    """Binary mask {0, nonzero} → {-1, 1}."""
+    if isinstance(mask, np.ndarray):
+        return np.where(mask > 0, 1.0, -1.0).astype(np.float32)
+    return torch.where(mask > 0, 1.0, -1.0).float()
+
+
+def decode_binary(x: Array) -> Array:
+    """[-1, 1] → binary mask (uint8) by thresholding at 0."""
+    return (x > 0).astype(np.uint8) if isinstance(x, np.ndarray) else (x > 0).to(torch.uint8)
+
+
+_ENCODERS = {"ct": hu_to_unit, "lobe": encode_lobe, "airway": encode_binary, "vessel": encode_binary}
+_DECODERS = {"ct": unit_to_hu, "lobe": decode_lobe, "airway": decode_binary, "vessel": decode_binary}
+
+
+def encode_channel(name: str, values: Array) -> Array:
+    """Encode one named channel (``ct`` in HU, ``lobe`` 0..5, ``airway``/``vessel`` binary) to [-1, 1]."""
+    if name not in _ENCODERS:
+        raise ValueError(f"unknown channel {name!r}; expected one of {CHANNELS}")
+    return _ENCODERS[name](values)
+
+
+def decode_channel(name: str, x: Array) -> Array:
+    """Decode one named channel from [-1, 1]: ``ct`` to HU (float), masks to uint8 labels."""
+    if name not in _DECODERS:
+        raise ValueError(f"unknown channel {name!r}; expected one of {CHANNELS}")
+    return _DECODERS[name](x)
+
+
+def decode_volume(x: Array) -> dict[str, Array]:
+    """Split a 4-channel [-1, 1] volume (channel first, any trailing shape) into decoded named channels."""
+    if x.shape[0] != NUM_CHANNELS:
+        raise ValueError(f"expected {NUM_CHANNELS} channels {CHANNELS} first, got shape {tuple(x.shape)}")
+    return {name: decode_channel(name, x[i]) for i, name in enumerate(CHANNELS)}
+
+
+def ct_to_int16_hu(x: Array) -> Array:
+    """[-1, 1] CT channel → int16 HU, rounded, as written to NIfTI."""
+    hu = unit_to_hu(x).round()
+    return hu.astype(np.int16) if isinstance(hu, np.ndarray) else hu.to(torch.int16)
