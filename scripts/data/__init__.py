@@ -1,0 +1,1 @@
+"""Data: reading and writing volumes, datalists, MONAI transforms and dataset adapters (CT-RATE)."""
