@@ -1,0 +1,145 @@
+"""Atomic, resumable training checkpoints.
+
+MONAI's ``CheckpointSaver`` writes non-atomically, so a process killed mid-write can leave a truncated latest
+checkpoint. :class:`AtomicCheckpointSaver` uses Ignite's ``Checkpoint`` with an atomic ``DiskSaver`` (temporary file
+then rename) and keeps the last N; :class:`ResumeFromLatest` is MONAI's ``CheckpointLoader`` pointed at the newest
+complete checkpoint of a folder, so rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointLoader
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint"
+_ITERATION = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)\.pt$")
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """The complete checkpoints (``checkpoint_<iteration>.pt``) of ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _ITERATION.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The checkpoint with the highest iteration in ``directory``, or None."""
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+class RNGState:
+    """Python, NumPy and torch (CPU and CUDA) random states as a checkpoint entry, stored as tensors so that
+    ``torch.load(weights_only=True)`` can read them back."""
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        py_version, py_internal, py_gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.stack(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else torch.empty(0),
+            "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]),
+            "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+            "python": torch.tensor(py_internal, dtype=torch.int64),
+            "python_version": int(py_version),
+            "python_gauss": py_gauss,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(list(state["cuda"]))
+        has_gauss, cached = state["numpy_gauss"]
+        np.random.set_state(
+            ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached)
+        )
+        random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
+
+
+class AtomicCheckpointSaver:
+    """Save ``save_dict`` every ``save_interval`` iterations and at the end, atomically, keeping the last ``n_saved``.
+
+    Args:
+        save_dir: folder for ``checkpoint_<iteration>.pt`` files.
+        save_dict: name → object with ``state_dict()`` (network, EMA, optimizer, scaler, scheduler, trainer, RNG).
+        save_interval: iterations between checkpoints (> 0).
+        n_saved: how many recent checkpoints to keep (None keeps all).
+        save_final: also save when the run completes.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        save_dict: dict,
+        save_interval: int,
+        n_saved: int | None = 2,
+        save_final: bool = True,
+    ) -> None:
+        if save_interval < 1:
+            raise ValueError(f"save_interval must be >= 1 iteration, got {save_interval}")
+        if n_saved is not None and n_saved < 1:
+            raise ValueError(f"n_saved must be >= 1 or None, got {n_saved}")
+        self.save_dir = Path(save_dir)
+        self.save_interval = save_interval
+        self.save_final = save_final
+        self.n_saved = n_saved
+        # Ignite's own n_saved only knows the files of this process; pruning on disk also covers a resumed run
+        self._checkpoint = Checkpoint(
+            to_save=save_dict,
+            save_handler=DiskSaver(str(save_dir), atomic=True, require_empty=False, create_dir=True),
+            filename_prefix="",
+            n_saved=None,
+            global_step_transform=lambda engine, _: engine.state.iteration,
+            filename_pattern=CHECKPOINT_PREFIX + "_{global_step}.{ext}",
+            include_self=False,
+        )
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self)
+        if self.save_final:
+            engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if (self.save_dir / f"{CHECKPOINT_PREFIX}_{engine.state.iteration}.pt").exists():
+            return  # the final save fell on an interval save, or a resumed run has nothing new
+        self._checkpoint(engine)
+        logger.info(f"saved checkpoint {self._checkpoint.last_checkpoint}")
+        if self.n_saved is not None:
+            for old in list_checkpoints(self.save_dir)[: -self.n_saved]:
+                old.unlink()
+
+
+class ResumeFromLatest(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` that loads the newest checkpoint of ``load_dir`` when the run starts, and
+    does nothing when there is none (a fresh run). Rerunning a killed command therefore continues it.
+
+    Args:
+        load_dir: folder written by :class:`AtomicCheckpointSaver`.
+        load_dict: the same name → object mapping that was saved.
+        map_location: passed to ``torch.load`` (loading uses ``weights_only=True``).
+    """
+
+    def __init__(self, load_dir: str | Path, load_dict: dict, map_location: dict | str | None = None) -> None:
+        self.load_dir = Path(load_dir)
+        latest = latest_checkpoint(self.load_dir)
+        super().__init__(load_path=str(latest) if latest else "", load_dict=load_dict, map_location=map_location)
+        self.found = latest
+
+    def attach(self, engine: Engine) -> None:
+        if self.found is None:
+            logger.info(f"no checkpoint in {self.load_dir}: starting a fresh run")
+            return
+        super().attach(engine)
