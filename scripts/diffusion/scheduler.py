@@ -1,0 +1,221 @@
+"""A MONAI-style scheduler for MedSyn's continuous-time, x0-predicting diffusion (SPEC.md §4).
+
+It knows the maths of the noise process and nothing about the network (as diffusers and MONAI schedulers do):
+``add_noise`` for training, ``set_timesteps`` + ``step`` for deterministic DDIM sampling. The interface follows
+``monai.networks.schedulers.DDIMScheduler`` where it applies; the differences are:
+
+- time is continuous: ``timesteps`` are floats in network units ``t * num_train_timesteps`` (t in [0, 1]), not
+  integer indices into a table, and the inference grid includes both ends (1000 → 0);
+- the network predicts x0 only (MONAI's ``prediction_type="sample"``), so ``step`` takes x̂0 as ``model_output``;
+- the noise direction is derived from the *clipped* x̂0, as in the official MedSyn sampler (MONAI derives it from
+  the unclipped prediction), so the two agree exactly only where clipping does not act;
+- sampling is deterministic (MONAI's ``eta=0``): there is no ``eta`` and no generator in ``step``;
+- ``step`` accepts the next timestep explicitly (like MONAI's ``RFlowScheduler``); left out, it is read off the
+  grid made by ``set_timesteps``, so MONAI's ``DiffusionInferer.sample`` loop can drive it too;
+- ``set_alpha_to_one=True`` (default, as in MONAI): the step landing on t = 0 returns x̂0 itself, so N steps are
+  N network evaluations and the final sample is exactly the clipped prediction (which keeps fixed channels exact).
+  ``False`` reproduces the official MedSyn sampler: the step to t = 0 uses ``alpha_bar(0)`` and the network is
+  evaluated once more at t = 0, whose x̂0 is returned (N + 1 evaluations).
+
+It is a plain object, not an ``nn.Module`` subclass of MONAI's ``Scheduler``: that base builds discrete beta tables
+indexed by integer timesteps, which have no meaning here.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from monai.utils import unsqueeze_right
+
+from .schedule import get_schedule
+
+
+class DDIMStepOutput(NamedTuple):
+    """Result of one DDIM step; unpacks like MONAI's ``(pred_prev_sample, pred_original_sample)`` tuple.
+
+    Attributes:
+        prev_sample: x at the next (smaller) timestep, shape of the sample.
+        pred_original_sample: the (clipped) x̂0 the step used, shape of the sample.
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+class ContinuousDDIMScheduler:
+    """Deterministic DDIM on a continuous-time schedule for networks that predict x0.
+
+    Args:
+        num_train_timesteps: network units per unit of time: the network receives ``t * num_train_timesteps``;
+            default 1000 (MedSyn).
+        schedule: name of an ``alpha_bar(t)`` function in ``ContinuousSchedules``; default ``"cosine"``.
+        clip_sample: clip x̂0 to ``[clip_sample_min, clip_sample_max]`` in every step; default True (MedSyn).
+        clip_sample_min: lower clip value, default -1.
+        clip_sample_max: upper clip value, default 1.
+        set_alpha_to_one: the step to t = 0 returns x̂0 (True, default); False evaluates the network again at t = 0
+            like the official MedSyn sampler (see the module docstring).
+        schedule_args: keyword arguments passed to the schedule function (e.g. ``s`` of the cosine schedule).
+
+    Example::
+
+        scheduler = ContinuousDDIMScheduler()
+        x_t = scheduler.add_noise(x0, noise, timesteps)           # training, timesteps = t * 1000, shape (B,)
+        scheduler.set_timesteps(50)                                # sampling grid 1000, 980, ..., 0
+        for t, t_next in zip(scheduler.timesteps, scheduler.next_timesteps):
+            x, x0_hat = scheduler.step(denoise(x, t.expand(len(x))), t, x, t_next)
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        schedule: str = "cosine",
+        clip_sample: bool = True,
+        clip_sample_min: float = -1.0,
+        clip_sample_max: float = 1.0,
+        set_alpha_to_one: bool = True,
+        **schedule_args,
+    ) -> None:
+        if num_train_timesteps <= 0:
+            raise ValueError(f"num_train_timesteps must be positive, got {num_train_timesteps}")
+        if clip_sample and clip_sample_min >= clip_sample_max:
+            raise ValueError(f"clip_sample_min must be below clip_sample_max, got {clip_sample_min}, {clip_sample_max}")
+        self.num_train_timesteps = num_train_timesteps
+        self.schedule = schedule
+        self._alpha_bar_fn = get_schedule(schedule)
+        self.schedule_args = schedule_args
+        self.clip_sample = clip_sample
+        self.clip_sample_values = (clip_sample_min, clip_sample_max)
+        self.set_alpha_to_one = set_alpha_to_one
+        # settable by set_timesteps
+        self.num_inference_steps: int | None = None
+        self.time_grid = torch.empty(0)
+        self.timesteps = torch.empty(0)
+        self.next_timesteps = torch.empty(0)
+
+    # --- schedule ----------------------------------------------------------------------------------------------
+
+    def alpha_bar(self, timesteps: torch.Tensor | float) -> torch.Tensor:
+        """``alpha_bar`` at ``timesteps`` given in network units (``t * num_train_timesteps``).
+
+        Args:
+            timesteps: float tensor of any shape, or a number.
+
+        Returns:
+            tensor of the shape of ``timesteps``, at least float32.
+        """
+        timesteps = torch.as_tensor(timesteps)
+        dtype = torch.promote_types(timesteps.dtype, torch.float32)
+        return self._alpha_bar_fn(timesteps.to(dtype) / self.num_train_timesteps, **self.schedule_args)
+
+    def _alpha_bar_like(self, timesteps: torch.Tensor | float, sample: torch.Tensor) -> torch.Tensor:
+        """``alpha_bar`` broadcastable against ``sample``: a scalar, or (B,) reshaped to (B, 1, ..., 1)."""
+        timesteps = torch.as_tensor(timesteps, device=sample.device)
+        if timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.numel() not in (1, sample.shape[0])):
+            raise ValueError(
+                f"timesteps must be a scalar or have shape (B,) with B={sample.shape[0]}, got {tuple(timesteps.shape)}"
+            )
+        return unsqueeze_right(self.alpha_bar(timesteps), sample.ndim).to(sample.dtype)
+
+    # --- training ----------------------------------------------------------------------------------------------
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``x_t = sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * noise``.
+
+        Args:
+            original_samples: x0, shape (B, C, *spatial).
+            noise: standard normal noise of the same shape.
+            timesteps: float network-unit times, shape (B,) (one per sample) or a scalar.
+
+        Returns:
+            x_t, shape (B, C, *spatial).
+        """
+        if noise.shape != original_samples.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} differs from sample {tuple(original_samples.shape)}")
+        alpha_bar = self._alpha_bar_like(timesteps, original_samples)
+        return alpha_bar.sqrt() * original_samples + (1.0 - alpha_bar).sqrt() * noise
+
+    # --- sampling ----------------------------------------------------------------------------------------------
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Make the uniform sampling grid from t = 1 to t = 0 in network units.
+
+        Sets ``time_grid`` (``num_inference_steps + 1`` values, e.g. 1000, 980, ..., 20, 0 for 50 steps),
+        ``timesteps`` (where the network is evaluated, as in MONAI: the grid without its final 0, or the whole grid
+        when ``set_alpha_to_one`` is False) and ``next_timesteps`` (the target of each step, same length).
+
+        Args:
+            num_inference_steps: number of DDIM steps between t = 1 and t = 0, at least 1.
+            device: device of the grid tensors.
+        """
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        # integer multiples in float64 keep grid points such as 980 exact
+        steps = torch.arange(num_inference_steps, -1, -1, dtype=torch.float64)
+        grid = (steps * (self.num_train_timesteps / num_inference_steps)).to(device=device, dtype=torch.float32)
+        self.num_inference_steps = num_inference_steps
+        self.time_grid = grid
+        if self.set_alpha_to_one:
+            self.timesteps, self.next_timesteps = grid[:-1], grid[1:]
+        else:  # one more evaluation at t = 0, whose step returns x̂0
+            self.timesteps, self.next_timesteps = grid, torch.cat([grid[1:], grid[-1:]])
+
+    def next_timestep(self, timestep: torch.Tensor | float) -> torch.Tensor:
+        """The target of the step from ``timestep`` on the grid made by :meth:`set_timesteps`.
+
+        Args:
+            timestep: a scalar network-unit time that lies on ``timesteps``.
+        """
+        if self.num_inference_steps is None:
+            raise RuntimeError("call set_timesteps(num_inference_steps) first, or pass next_timestep to step()")
+        t = torch.as_tensor(timestep, dtype=torch.float32, device=self.timesteps.device)
+        if t.numel() != 1:
+            raise ValueError("without next_timestep, step() needs a scalar timestep on the grid; pass next_timestep")
+        distance = (self.timesteps - t.reshape(())).abs()
+        index = int(distance.argmin())
+        if float(distance[index]) > 1e-3:
+            raise ValueError(f"timestep {float(t):g} is not on the inference grid; pass next_timestep to step()")
+        return self.next_timesteps[index]
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor | float,
+        sample: torch.Tensor,
+        next_timestep: torch.Tensor | float | None = None,
+    ) -> DDIMStepOutput:
+        """One deterministic DDIM step from ``timestep`` to ``next_timestep`` given the network's x̂0.
+
+        ``eps = (x_t - sqrt(ab_t) * x̂0) / sqrt(1 - ab_t)``,
+        ``x_next = sqrt(ab_next) * x̂0 + sqrt(1 - ab_next) * eps``
+        (DDIM eq. 12 with sigma = 0), x̂0 clipped first. The result is x̂0 itself where ``timestep <= 0``, and where
+        ``next_timestep <= 0`` if ``set_alpha_to_one``.
+
+        Args:
+            model_output: x̂0 predicted at ``timestep``, shape (B, C, *spatial).
+            timestep: current network-unit time: a scalar or shape (B,).
+            sample: x_t, shape (B, C, *spatial).
+            next_timestep: target network-unit time, a scalar or shape (B,); default: the next grid point.
+
+        Returns:
+            ``DDIMStepOutput(prev_sample, pred_original_sample)``, both shaped like ``sample``.
+        """
+        if model_output.shape != sample.shape:
+            raise ValueError(f"model_output {tuple(model_output.shape)} differs from sample {tuple(sample.shape)}")
+        if next_timestep is None:
+            next_timestep = self.next_timestep(timestep)
+        pred_x0 = model_output
+        if self.clip_sample:
+            pred_x0 = pred_x0.clamp(*self.clip_sample_values)
+
+        alpha_bar = self._alpha_bar_like(timestep, sample)
+        pred_eps = (sample - alpha_bar.sqrt() * pred_x0) / (1.0 - alpha_bar).sqrt()
+        alpha_bar_next = self._alpha_bar_like(next_timestep, sample)
+        prev = alpha_bar_next.sqrt() * pred_x0 + (1.0 - alpha_bar_next).sqrt() * pred_eps
+        # the last step returns x̂0 exactly (no residual sqrt(1 - alpha_bar(0)) ≈ 0.0125 of noise)
+        final = torch.as_tensor(timestep, device=sample.device) <= 0
+        if self.set_alpha_to_one:
+            final = final | (torch.as_tensor(next_timestep, device=sample.device) <= 0)
+        final = unsqueeze_right(final, sample.ndim)
+        prev = torch.where(final, pred_x0, prev)
+        return DDIMStepOutput(prev, pred_x0)
