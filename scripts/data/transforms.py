@@ -1,0 +1,370 @@
+"""MONAI dictionary transforms that turn a datalist item into the networks' 4-channel tensors (SPEC.md §3).
+
+:func:`build_preprocessing` chains, for an item ``{"image", "lobe", "airway", "vessel", "report" | "report_file"}``
+(paths already resolved by :func:`scripts.data.datalist.load_datalist`):
+
+1. :class:`LoadReportd`: report text or file → ``report`` (str); empty → :class:`DataError`.
+2. :class:`CheckFilesd`: keys, files and headers (3D, masks' shape and affine equal to the image's).
+3. ``LoadImaged`` (nibabel, channel first, float32), then :class:`ValidateCased`: NaN/inf, label ranges.
+4. :class:`ApplyRescaled`: CT-RATE stored values → HU (``rescale_slope``/``rescale_intercept``) and the voxel
+   spacing from its metadata (``spacing``), when the item carries them.
+5. ``Orientationd`` to RAS, ``Spacingd`` (image bilinear, masks nearest), ``ScaleIntensityRanged`` on the HU window
+   of :mod:`scripts.conventions` with clipping.
+6. :class:`EncodeAnatomyd`: masks → [-1, 1] codes, missing masks (when allowed) → background, ``channel_mask``.
+7. ``ResizeWithPadOrCropd`` (padding with -1: air and background) or ``Resized`` to ``size``.
+8. ``ConcatItemsd`` → ``image`` (4, X, Y, Z) in channel order [CT, lobe, airway, vessel].
+9. ``Orientationd`` to the network layout ``conventions.NETWORK_AXCODES`` (the affine follows).
+10. :class:`Downsampled`: nearest ↓``LOWRES_FACTOR`` → ``lowres``; ``EnsureTyped`` float32.
+
+Errors raised inside a MONAI ``Compose`` reach the caller as ``RuntimeError("applying transform ...")`` whose
+cause is the :class:`DataError` naming the case, the file and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    ConcatItemsd,
+    DeleteItemsd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    Resized,
+    ResizeWithPadOrCropd,
+    ScaleIntensityRanged,
+    Spacingd,
+)
+
+from scripts.conventions import (
+    DEFAULT_SIZE,
+    HU_MAX,
+    HU_MIN,
+    LOWRES_FACTOR,
+    MASK_KEYS,
+    NETWORK_AXCODES,
+    NUM_CHANNELS,
+    encode_channel,
+)
+from scripts.data.datalist import IMAGE_KEY, REPORT_FILE_KEY, REPORT_KEY, DataError, Problem, case_id, check_item
+from scripts.data.validation import AFFINE_ATOL, header_problems, read_headers, voxel_problems
+
+CHANNEL_MASK_KEY = "channel_mask"
+LOWRES_KEY = "lowres"
+SIZE_MODES = ("pad_crop", "resize")
+
+
+def _raise(problems: Sequence[Problem]) -> None:
+    if problems:
+        raise DataError("; ".join(str(p) for p in problems))
+
+
+def _name(data: Mapping[Hashable, Any]) -> str:
+    return case_id(dict(data))
+
+
+class LoadReportd(MapTransform):
+    """Put the report text in ``key``: the item's text, else the content of its ``report_file``.
+
+    Args:
+        key: key of the report text (output key too).
+        file_key: key of a report file path, read as UTF-8 when the text is absent or empty.
+        required: an absent or empty report raises :class:`DataError` naming the case; when False it becomes "".
+    """
+
+    def __init__(self, key: str = REPORT_KEY, file_key: str = REPORT_FILE_KEY, required: bool = True) -> None:
+        super().__init__(keys=key, allow_missing_keys=True)
+        self.key, self.file_key, self.required = key, file_key, required
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        name = _name(d)
+        text = d.get(self.key)
+        if not (isinstance(text, str) and text.strip()) and d.get(self.file_key):
+            path = Path(d[self.file_key])
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise DataError(f"case {name}: {path}: cannot read report file ({type(err).__name__}: {err})") from None
+            if self.required and not text.strip():
+                raise DataError(f"case {name}: {path}: report file is empty; write the report text into it")
+        if not isinstance(text, str) or not text.strip():
+            if self.required:
+                raise DataError(f"case {name}: report is empty; add '{self.key}' text or a '{self.file_key}' path")
+            text = ""
+        d[self.key] = text.strip()
+        return d
+
+
+class CheckFilesd(MapTransform):
+    """Check a case before loading it: required keys, files present and readable, one 3D volume each, masks
+    with the image's shape and affine. Reads headers only.
+
+    Args:
+        keys: volume keys, the image first (default ``image``, ``lobe``, ``airway``, ``vessel``).
+        allow_missing_masks: masks may be absent (text-only training); otherwise a missing mask raises.
+        affine_atol: largest mask/image affine difference in mm.
+
+    Raises:
+        DataError: naming the case and every bad file of it.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = (IMAGE_KEY, *MASK_KEYS),
+        allow_missing_masks: bool = False,
+        affine_atol: float = AFFINE_ATOL,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.allow_missing_masks, self.affine_atol = allow_missing_masks, affine_atol
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        name = _name(d)
+        item = {k: d[k] for k in self.keys if k in d}
+        problems = check_item(item, name, self.allow_missing_masks, check_files=True, check_report=False)
+        headers, unreadable = read_headers(name, item, self.keys)
+        _raise(problems + unreadable + header_problems(name, headers, self.affine_atol))
+        return d
+
+
+class ValidateCased(MapTransform):
+    """Check loaded voxels: no NaN/inf anywhere; masks hold integer labels in range (lobe 0..5, others 0..1).
+
+    Args:
+        keys: loaded volume keys (channel-first arrays or tensors); the mask ones are checked for labels.
+
+    Raises:
+        DataError: naming the case, the file and the problem.
+    """
+
+    def __init__(self, keys: KeysCollection = (IMAGE_KEY, *MASK_KEYS)) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        name = _name(d)
+        problems: list[Problem] = []
+        for key in self.key_iterator(d):
+            value = d[key]
+            path = value.meta.get("filename_or_obj", key) if isinstance(value, MetaTensor) else key
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            problems += voxel_problems(name, str(key), str(path), array)
+        _raise(problems)
+        return d
+
+
+class ApplyRescaled(MapTransform):
+    """Stored values → HU with the item's slope and intercept, and the item's voxel spacing into the affines.
+
+    CT-RATE volumes store raw values (HU = stored · RescaleSlope + RescaleIntercept) and some headers carry a
+    wrong spacing; :mod:`scripts.data.ctrate` writes the metadata's values into each item. Items without those keys
+    pass unchanged. Run it before any resampling: the spacing is per array axis (x, y, z) of the file.
+
+    Args:
+        keys: volume keys whose affine gets the spacing (image and masks); the image must be first.
+        slope_key, intercept_key: item keys of the rescale numbers, applied to the first key only.
+        spacing_key: item key of the spacing [sx, sy, sz] in mm; the affine's directions and origin are kept.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = (IMAGE_KEY, *MASK_KEYS),
+        slope_key: str = "rescale_slope",
+        intercept_key: str = "rescale_intercept",
+        spacing_key: str = "spacing",
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.slope_key, self.intercept_key, self.spacing_key = slope_key, intercept_key, spacing_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        name, image_key = _name(d), self.keys[0]
+        if self.slope_key in d or self.intercept_key in d:
+            slope, intercept = d.get(self.slope_key, 1.0), d.get(self.intercept_key, 0.0)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (slope, intercept)) or slope == 0:
+                raise DataError(f"case {name}: bad rescale slope/intercept {slope!r}/{intercept!r}; fix the datalist")
+            d[image_key] = d[image_key] * float(slope) + float(intercept)
+        if d.get(self.spacing_key) is not None:
+            spacing = np.asarray(d[self.spacing_key], dtype=np.float64)
+            if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+                raise DataError(f"case {name}: bad spacing {d[self.spacing_key]!r}; expected three positive mm values")
+            for key in self.key_iterator(d):
+                affine = np.array(d[key].affine, dtype=np.float64)
+                directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+                affine[:3, :3] = directions * spacing
+                d[key].affine = torch.as_tensor(affine)
+        return d
+
+
+class EncodeAnatomyd(MapTransform):
+    """Masks → [-1, 1] codes of :mod:`scripts.conventions` (lobe ``label / 5 · 2 - 1``, binary masks ±1).
+
+    With ``allow_missing_masks`` an absent mask becomes background (-1 everywhere, the image's shape and
+    affine). Always writes ``channel_mask``: a (4,) float32 tensor, 1 for the channels [CT, lobe, airway, vessel]
+    that hold real data, so a loss can ignore the others.
+
+    Args:
+        keys: mask keys; each must be a channel name of the conventions (``lobe``, ``airway``, ``vessel``).
+        image_key: the CT, used for the shape of missing masks.
+        allow_missing_masks: fill absent masks instead of raising.
+        channel_mask_key: output key of the channel mask.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = MASK_KEYS,
+        image_key: str = IMAGE_KEY,
+        allow_missing_masks: bool = False,
+        channel_mask_key: str = CHANNEL_MASK_KEY,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        unknown = [k for k in self.keys if k not in MASK_KEYS]
+        if unknown:
+            raise ValueError(f"EncodeAnatomyd keys must be mask channels {MASK_KEYS}, got {unknown}")
+        self.image_key, self.channel_mask_key = image_key, channel_mask_key
+        self.allow_missing_masks = allow_missing_masks
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        present = torch.ones(NUM_CHANNELS, dtype=torch.float32)
+        for index, key in enumerate(self.keys, start=1):
+            if key in d:
+                d[key] = encode_channel(str(key), d[key])
+            elif self.allow_missing_masks:
+                d[key] = torch.full_like(d[self.image_key], -1.0)
+                present[index] = 0.0
+            else:
+                raise DataError(f"case {_name(d)}: no '{key}' mask; add it to the item or allow missing masks")
+        d[self.channel_mask_key] = present
+        return d
+
+
+class Downsampled(MapTransform):
+    """Nearest-neighbour downsampling by striding: ``x[:, ::f, ::f, ::f]`` (SPEC.md §3, 256³ → 64³).
+
+    The kept voxels are 0, f, 2f, ... so the first voxel's centre does not move and the affine's spacing is
+    multiplied by f.
+
+    Args:
+        keys: channel-first volumes (C, D, H, W).
+        factor: the stride, default ``conventions.LOWRES_FACTOR``.
+        names: output keys, one per key; None writes in place.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        factor: int = LOWRES_FACTOR,
+        names: KeysCollection | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if int(factor) != factor or factor < 1:
+            raise ValueError(f"factor must be a positive integer, got {factor!r}")
+        self.factor = int(factor)
+        self.names = self.keys if names is None else ((names,) if isinstance(names, str) else tuple(names))
+        if len(self.names) != len(self.keys):
+            raise ValueError(f"Downsampled needs one name per key, got keys {self.keys} and names {self.names}")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        f = self.factor
+        for key, name in self.key_iterator(d, self.names):
+            x = d[key]
+            small = x[:, ::f, ::f, ::f]
+            if isinstance(x, MetaTensor):
+                scale = torch.diag(torch.tensor([f, f, f, 1.0], dtype=torch.float64))
+                meta = dict(x.meta)
+                meta["affine"] = x.affine.to(torch.float64) @ scale
+                meta["spatial_shape"] = np.asarray(small.shape[1:])
+                small = MetaTensor(small.as_tensor().clone(), meta=meta)
+            else:
+                small = small.clone() if isinstance(small, torch.Tensor) else small.copy()
+            d[name] = small
+        return d
+
+
+def build_preprocessing(
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
+    size: int | Sequence[int] | None = DEFAULT_SIZE,
+    size_mode: str = "pad_crop",
+    lowres: bool = True,
+    allow_missing_masks: bool = False,
+    network_layout: bool = True,
+    report_required: bool = True,
+    affine_atol: float = AFFINE_ATOL,
+) -> Compose:
+    """The preprocessing chain from a datalist item to ``image`` (4, *size) and ``lowres`` (4, *size / 4).
+
+    Args:
+        spacing: target voxel spacing (x, y, z) in mm after orienting to RAS; None keeps the file's grid.
+        size: spatial size after resampling (one int for a cube); None keeps the resampled size.
+        size_mode: ``pad_crop`` (centre pad with -1 / crop; keeps the spacing) or ``resize`` (interpolate the whole
+            volume to ``size``: CT trilinear, masks nearest; changes the spacing).
+        lowres: add ``lowres``: ``image`` downsampled by ``conventions.LOWRES_FACTOR`` (nearest, striding).
+        allow_missing_masks: text-only data: absent masks become background and ``channel_mask`` marks them.
+        network_layout: end in the networks' axis layout ``conventions.NETWORK_AXCODES`` (D, H, W); False keeps RAS.
+        report_required: an absent or empty report raises (training); False makes it "".
+        affine_atol: largest mask/image affine difference in mm.
+
+    Returns:
+        a ``Compose`` mapping an item to a dict with ``image`` (MetaTensor float32 (4, ...), values in [-1, 1]),
+        ``lowres`` (when asked), ``channel_mask`` (4,), ``report`` (str) and the item's other keys.
+    """
+    if size_mode not in SIZE_MODES:
+        raise ValueError(f"size_mode must be one of {SIZE_MODES}, got {size_mode!r}")
+    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+        raise ValueError(f"spacing must be three positive mm values or None, got {spacing!r}")
+    spatial = None if size is None else ([int(size)] * 3 if isinstance(size, (int, float)) else [int(s) for s in size])
+    if spatial is not None and (len(spatial) != 3 or min(spatial) < 1):
+        raise ValueError(f"size must be a positive int or three of them, got {size!r}")
+    if lowres and spatial is not None and any(s % LOWRES_FACTOR for s in spatial):
+        raise ValueError(f"size {spatial} must be divisible by the low-resolution factor {LOWRES_FACTOR}")
+    keys = [IMAGE_KEY, *MASK_KEYS]
+    modes = ["bilinear"] + ["nearest"] * len(MASK_KEYS)
+    transforms: list[Any] = [
+        LoadReportd(required=report_required),
+        CheckFilesd(keys, allow_missing_masks=allow_missing_masks, affine_atol=affine_atol),
+        LoadImaged(
+            keys,
+            reader="NibabelReader",
+            image_only=True,
+            ensure_channel_first=True,
+            dtype=np.float32,
+            allow_missing_keys=True,
+        ),
+        ValidateCased(keys),
+        ApplyRescaled(keys),
+        Orientationd(keys, axcodes="RAS", allow_missing_keys=True, labels=None),
+    ]
+    if spacing is not None:
+        transforms.append(
+            Spacingd(keys, pixdim=list(spacing), mode=modes, dtype=np.float32, allow_missing_keys=True)
+        )
+    transforms += [
+        ScaleIntensityRanged(IMAGE_KEY, a_min=HU_MIN, a_max=HU_MAX, b_min=-1.0, b_max=1.0, clip=True),
+        EncodeAnatomyd(MASK_KEYS, allow_missing_masks=allow_missing_masks),
+    ]
+    if spatial is not None and size_mode == "pad_crop":
+        transforms.append(ResizeWithPadOrCropd(keys, spatial_size=spatial, mode="constant", value=-1.0))
+    elif spatial is not None:
+        transforms.append(Resized(keys, spatial_size=spatial, mode=["trilinear"] + ["nearest"] * len(MASK_KEYS)))
+    transforms += [ConcatItemsd(keys, name=IMAGE_KEY, dim=0), DeleteItemsd(list(MASK_KEYS))]
+    if network_layout:
+        transforms.append(Orientationd(IMAGE_KEY, axcodes=NETWORK_AXCODES, labels=None))
+    out_keys = [IMAGE_KEY]
+    if lowres:
+        transforms.append(Downsampled(IMAGE_KEY, factor=LOWRES_FACTOR, names=LOWRES_KEY))
+        out_keys.append(LOWRES_KEY)
+    transforms.append(EnsureTyped(out_keys, dtype=torch.float32, track_meta=True))
+    return Compose(transforms)
