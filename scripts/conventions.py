@@ -124,3 +124,21 @@ def ct_to_int16_hu(x: Array) -> Array:
     """[-1, 1] CT channel → int16 HU, rounded, as written to NIfTI."""
     hu = unit_to_hu(x).round()
     return hu.astype(np.int16) if isinstance(hu, np.ndarray) else hu.to(torch.int16)
+
+
+def ras_to_network(volume: Array) -> Array:
+    """(X, Y, Z) RAS array → (D, H, W) network layout (orientation ``NETWORK_AXCODES`` = IRP), any leading dims.
+
+    D runs inferior (index 0 = most superior slice), H runs towards the patient's right, W towards posterior:
+    the same result as MONAI's ``Orientationd(axcodes="IRP")`` on a RAS image.
+    """
+    if isinstance(volume, np.ndarray):
+        return np.flip(np.moveaxis(volume, (-3, -2, -1), (-2, -1, -3)), axis=(-3, -1))
+    return torch.flip(torch.movedim(volume, (-3, -2, -1), (-2, -1, -3)), dims=(-3, -1))
+
+
+def network_to_ras(volume: Array) -> Array:
+    """(D, H, W) network layout → (X, Y, Z) RAS array (inverse of :func:`ras_to_network`), any leading dims."""
+    if isinstance(volume, np.ndarray):
+        return np.moveaxis(np.flip(volume, axis=(-3, -1)), (-2, -1, -3), (-3, -2, -1))
+    return torch.movedim(torch.flip(volume, dims=(-3, -1)), (-2, -1, -3), (-3, -2, -1))

@@ -48,3 +48,16 @@ def test_decode_volume_splits_named_channels():
         cv.decode_volume(x[:3])
     with pytest.raises(ValueError, match="unknown channel"):
         cv.encode_channel("liver", x[0])
+
+
+@pytest.mark.parametrize("kind", [np.asarray, torch.as_tensor])
+def test_network_layout_matches_monai_orientation_and_round_trips(kind):
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation
+
+    ras = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # (C, X, Y, Z)
+    monai_irp = Orientation(axcodes=cv.NETWORK_AXCODES)(MetaTensor(torch.as_tensor(ras), affine=torch.eye(4)))
+    ours = cv.ras_to_network(kind(ras))
+    np.testing.assert_array_equal(np.asarray(ours), monai_irp.numpy())
+    assert tuple(ours.shape) == (2, 5, 3, 4)
+    np.testing.assert_array_equal(np.asarray(cv.network_to_ras(ours)), ras)

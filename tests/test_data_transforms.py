@@ -192,3 +192,25 @@ def test_builder_rejects_bad_arguments():
         build_preprocessing(size=30)
     with pytest.raises(ValueError, match="spacing"):
         build_preprocessing(spacing=(1.0, 0.0, 1.0))
+
+
+def test_fixed_channels_land_on_the_training_grid(tmp_path):
+    """Masks alone (anatomy control) or the CT alone (segmentation) are put on exactly the grid and encoding
+    the training pipeline gives the same case, with the model grid's RAS affine."""
+    from scripts.data.transforms import build_channel_preprocessing
+
+    item = write_case(tmp_path, spacing=(1.5, 1.5, 1.5))
+    grid = dict(spacing=(2.0, 2.0, 2.0), size=16)
+    training = build_preprocessing(**grid, lowres=False, network_layout=False)(dict(item))
+    masks_only = build_channel_preprocessing(["lobe", "vessel"], **grid)({"lobe": item["lobe"], "vessel": item["vessel"]})
+    ct_only = build_channel_preprocessing(["image"], **grid)({"image": item["image"]})
+    torch.testing.assert_close(masks_only["lobe"].as_tensor(), training["image"][1:2].as_tensor())
+    torch.testing.assert_close(masks_only["vessel"].as_tensor(), training["image"][3:4].as_tensor())
+    torch.testing.assert_close(ct_only["image"].as_tensor(), training["image"][0:1].as_tensor())
+    np.testing.assert_allclose(ct_only["image"].affine.numpy(), training["image"].affine.numpy())
+    with pytest.raises(ValueError, match="subset"):
+        build_channel_preprocessing(["liver"])
+    bad = dict(lobe=str(tmp_path / "nowhere.nii.gz"))
+    with pytest.raises(RuntimeError) as info:
+        build_channel_preprocessing(["lobe"], **grid)(bad)
+    assert "nowhere.nii.gz" in str(info.value.__cause__)

@@ -92,6 +92,7 @@ def check_item(
     allow_missing_masks: bool = False,
     check_files: bool = True,
     check_report: bool = True,
+    require_image: bool = True,
 ) -> list[Problem]:
     """Problems of one resolved datalist item: missing keys, missing files, no report.
 
@@ -102,11 +103,12 @@ def check_item(
             ``vessel`` is required.
         check_files: also check that every named file exists.
         check_report: require report text or a report file.
+        require_image: require the CT (False for anatomy-controlled inference from masks alone).
     """
     if not isinstance(item, dict):
         return [Problem(name, "", f"item must be a JSON object, got {type(item).__name__}")]
     problems = []
-    if IMAGE_KEY not in item:
+    if require_image and IMAGE_KEY not in item:
         problems.append(Problem(name, "", f"missing key '{IMAGE_KEY}' (path of the CT volume)"))
     if not allow_missing_masks:
         for key in MASK_KEYS:

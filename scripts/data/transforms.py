@@ -113,6 +113,7 @@ class CheckFilesd(MapTransform):
         keys: volume keys, the image first (default ``image``, ``lobe``, ``airway``, ``vessel``).
         allow_missing_masks: masks may be absent (text-only training); otherwise a missing mask raises.
         affine_atol: largest mask/image affine difference in mm.
+        require_image: the CT must be there (False: masks alone, for anatomy-controlled inference).
 
     Raises:
         DataError: naming the case and every bad file of it.
@@ -123,15 +124,19 @@ class CheckFilesd(MapTransform):
         keys: KeysCollection = (IMAGE_KEY, *MASK_KEYS),
         allow_missing_masks: bool = False,
         affine_atol: float = AFFINE_ATOL,
+        require_image: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.allow_missing_masks, self.affine_atol = allow_missing_masks, affine_atol
+        self.require_image = require_image
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         name = _name(d)
         item = {k: d[k] for k in self.keys if k in d}
-        problems = check_item(item, name, self.allow_missing_masks, check_files=True, check_report=False)
+        problems = check_item(
+            item, name, self.allow_missing_masks, check_files=True, check_report=False, require_image=self.require_image
+        )
         headers, unreadable = read_headers(name, item, self.keys)
         _raise(problems + unreadable + header_problems(name, headers, self.affine_atol))
         return d
@@ -321,44 +326,21 @@ def build_preprocessing(
         a ``Compose`` mapping an item to a dict with ``image`` (MetaTensor float32 (4, ...), values in [-1, 1]),
         ``lowres`` (when asked), ``channel_mask`` (4,), ``report`` (str) and the item's other keys.
     """
-    if size_mode not in SIZE_MODES:
-        raise ValueError(f"size_mode must be one of {SIZE_MODES}, got {size_mode!r}")
-    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
-        raise ValueError(f"spacing must be three positive mm values or None, got {spacing!r}")
-    spatial = None if size is None else ([int(size)] * 3 if isinstance(size, (int, float)) else [int(s) for s in size])
-    if spatial is not None and (len(spatial) != 3 or min(spatial) < 1):
-        raise ValueError(f"size must be a positive int or three of them, got {size!r}")
+    spatial = _check_grid(spacing, size, size_mode)
     if lowres and spatial is not None and any(s % LOWRES_FACTOR for s in spatial):
         raise ValueError(f"size {spatial} must be divisible by the low-resolution factor {LOWRES_FACTOR}")
     keys = [IMAGE_KEY, *MASK_KEYS]
-    modes = ["bilinear"] + ["nearest"] * len(MASK_KEYS)
     transforms: list[Any] = [
         LoadReportd(required=report_required),
         CheckFilesd(keys, allow_missing_masks=allow_missing_masks, affine_atol=affine_atol),
-        LoadImaged(
-            keys,
-            reader="NibabelReader",
-            image_only=True,
-            ensure_channel_first=True,
-            dtype=np.float32,
-            allow_missing_keys=True,
-        ),
+        _loader(keys),
         ValidateCased(keys),
         ApplyRescaled(keys),
-        Orientationd(keys, axcodes="RAS", allow_missing_keys=True, labels=None),
-    ]
-    if spacing is not None:
-        transforms.append(
-            Spacingd(keys, pixdim=list(spacing), mode=modes, dtype=np.float32, allow_missing_keys=True)
-        )
-    transforms += [
+        *_model_grid(keys, spacing),
         ScaleIntensityRanged(IMAGE_KEY, a_min=HU_MIN, a_max=HU_MAX, b_min=-1.0, b_max=1.0, clip=True),
         EncodeAnatomyd(MASK_KEYS, allow_missing_masks=allow_missing_masks),
+        *_fit_size(keys, spatial, size_mode),
     ]
-    if spatial is not None and size_mode == "pad_crop":
-        transforms.append(ResizeWithPadOrCropd(keys, spatial_size=spatial, mode="constant", value=-1.0))
-    elif spatial is not None:
-        transforms.append(Resized(keys, spatial_size=spatial, mode=["trilinear"] + ["nearest"] * len(MASK_KEYS)))
     transforms += [ConcatItemsd(keys, name=IMAGE_KEY, dim=0), DeleteItemsd(list(MASK_KEYS))]
     if network_layout:
         transforms.append(Orientationd(IMAGE_KEY, axcodes=NETWORK_AXCODES, labels=None))
@@ -367,4 +349,84 @@ def build_preprocessing(
         transforms.append(Downsampled(IMAGE_KEY, factor=LOWRES_FACTOR, names=LOWRES_KEY))
         out_keys.append(LOWRES_KEY)
     transforms.append(EnsureTyped(out_keys, dtype=torch.float32, track_meta=True))
+    return Compose(transforms)
+
+
+def _check_grid(spacing: Sequence[float] | None, size: int | Sequence[int] | None, size_mode: str) -> list[int] | None:
+    """Validate the model-grid arguments; returns the spatial size as three ints (or None)."""
+    if size_mode not in SIZE_MODES:
+        raise ValueError(f"size_mode must be one of {SIZE_MODES}, got {size_mode!r}")
+    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+        raise ValueError(f"spacing must be three positive mm values or None, got {spacing!r}")
+    spatial = None if size is None else ([int(size)] * 3 if isinstance(size, (int, float)) else [int(s) for s in size])
+    if spatial is not None and (len(spatial) != 3 or min(spatial) < 1):
+        raise ValueError(f"size must be a positive int or three of them, got {size!r}")
+    return spatial
+
+
+def _modes(keys: Sequence[str], image_mode: str) -> list[str]:
+    # CT is interpolated, label maps never are
+    return [image_mode if key == IMAGE_KEY else "nearest" for key in keys]
+
+
+def _loader(keys: Sequence[str]) -> LoadImaged:
+    return LoadImaged(
+        keys, reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32,
+        allow_missing_keys=True,
+    )
+
+
+def _model_grid(keys: Sequence[str], spacing: Sequence[float] | None) -> list[Any]:
+    """RAS orientation, then resampling to ``spacing`` (CT bilinear, masks nearest)."""
+    transforms: list[Any] = [Orientationd(keys, axcodes="RAS", allow_missing_keys=True, labels=None)]
+    if spacing is not None:
+        transforms.append(
+            Spacingd(keys, pixdim=list(spacing), mode=_modes(keys, "bilinear"), dtype=np.float32, allow_missing_keys=True)
+        )
+    return transforms
+
+
+def _fit_size(keys: Sequence[str], spatial: list[int] | None, size_mode: str) -> list[Any]:
+    """Centre pad (with -1: air and background) / crop, or resize, to the model grid's ``spatial`` size."""
+    if spatial is None:
+        return []
+    if size_mode == "pad_crop":
+        return [ResizeWithPadOrCropd(keys, spatial_size=spatial, mode="constant", value=-1.0, allow_missing_keys=True)]
+    return [Resized(keys, spatial_size=spatial, mode=_modes(keys, "trilinear"), allow_missing_keys=True)]
+
+
+def build_channel_preprocessing(
+    channels: Sequence[str],
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
+    size: int | Sequence[int] | None = DEFAULT_SIZE,
+    size_mode: str = "pad_crop",
+) -> Compose:
+    """Put any subset of the four channels, given as files, on the model grid (for anatomy-controlled inference).
+
+    The item maps ``image`` (the CT) and the mask names (``lobe``, ``airway``, ``vessel``) to NIfTI paths, the keys
+    of a datalist item. Each is read, checked
+    (NaN, label ranges), oriented to RAS, resampled (CT bilinear, masks nearest), encoded to [-1, 1] and padded /
+    cropped or resized exactly as :func:`build_preprocessing` does for training, so a fixed channel matches what
+    the model saw. Output: each key as a (1, X, Y, Z) RAS MetaTensor whose affine is the model grid's.
+
+    Args:
+        channels: the keys present in the items (``image`` and / or mask names).
+        spacing, size, size_mode: the model grid, as in :func:`build_preprocessing` (use the training values).
+    """
+    keys = list(channels)
+    if not keys or any(k not in (IMAGE_KEY, *MASK_KEYS) for k in keys):
+        raise ValueError(f"channels must be a non-empty subset of {(IMAGE_KEY, *MASK_KEYS)}, got {keys}")
+    spatial = _check_grid(spacing, size, size_mode)
+    masks = [k for k in keys if k in MASK_KEYS]
+    transforms: list[Any] = [
+        CheckFilesd(keys, allow_missing_masks=True, require_image=IMAGE_KEY in keys),
+        _loader(keys),
+        ValidateCased(keys),
+        *_model_grid(keys, spacing),
+    ]
+    if IMAGE_KEY in keys:
+        transforms.append(ScaleIntensityRanged(IMAGE_KEY, a_min=HU_MIN, a_max=HU_MAX, b_min=-1.0, b_max=1.0, clip=True))
+    if masks:
+        transforms.append(EncodeAnatomyd(masks, image_key=IMAGE_KEY))
+    transforms += [*_fit_size(keys, spatial, size_mode), EnsureTyped(keys, dtype=torch.float32, track_meta=True)]
     return Compose(transforms)
