@@ -5,4 +5,18 @@ The package is laid out in pipeline order and each part imports only from the pa
 ``inference`` → ``evaluation`` / ``anatomy``. Bundle configs import it as ``$scripts...``.
 """
 
-__version__ = "0.1.0"
+import json
+from pathlib import Path
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bundle_version() -> str:
+    # configs/metadata.json is the one place the version is kept (the model zoo reads it there)
+    try:
+        return json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+
+
+__version__ = _bundle_version()

@@ -1,0 +1,128 @@
+"""Reports to generate from: one on the command line, or many from a text, CSV or JSON file.
+
+File forms:
+- ``.txt`` (or any other suffix): the whole file is one report;
+- a folder: every ``*.txt`` file in it is one report, named after the file;
+- ``.csv``: one report per row, text in ``report`` or ``prompt``, or CT-RATE's ``Findings_EN`` + ``Impressions_EN``;
+  an optional ``id`` (or ``VolumeName``) column names the rows;
+- ``.json``: a list of strings, or of objects with ``prompt`` or ``report`` and optional ``id``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from scripts.text.reports import ReportError, normalise_text
+
+MAX_PROMPT_CHARS = 200_000  # far beyond any report; the encoder truncates at its token limit and logs it
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A report to generate from. ``id`` names the output files; ``text`` None means no report (null text)."""
+
+    id: str
+    text: str | None
+
+
+def _checked(text: str | None, where: str) -> str:
+    if text is None or not normalise_text(text):
+        raise ReportError(f"{where}: the report is empty; give the report text (Findings / Impression)")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ReportError(f"{where}: the report has {len(text)} characters (limit {MAX_PROMPT_CHARS}); shorten it")
+    return text
+
+
+def _safe_id(name: str, fallback: str) -> str:
+    safe = _UNSAFE.sub("_", name).strip("_")[:64]
+    return safe or fallback
+
+
+def _unique(prompts: list[Prompt]) -> list[Prompt]:
+    seen: dict[str, int] = {}
+    out = []
+    for prompt in prompts:
+        count = seen.get(prompt.id, 0)
+        seen[prompt.id] = count + 1
+        out.append(prompt if count == 0 else Prompt(f"{prompt.id}_{count}", prompt.text))
+    return out
+
+
+def read_prompts(prompt: str | None = None, prompt_file: str | Path | None = None) -> list[Prompt]:
+    """The prompts of a run: ``prompt`` (id ``prompt``), or those of ``prompt_file``; exactly one must be given.
+
+    Raises:
+        ValueError: neither or both given, an unreadable file or a file without reports.
+        scripts.text.reports.ReportError: an empty or oversized report (naming which).
+    """
+    if (prompt is None) == (prompt_file in (None, "")):
+        raise ValueError("give exactly one of --prompt (report text) and --prompt_file (file or folder of reports)")
+    if prompt is not None:
+        return [Prompt("prompt", _checked(prompt, "--prompt"))]
+    path = Path(prompt_file)
+    if not path.exists():
+        raise ValueError(f"--prompt_file {path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise ValueError(f"--prompt_file {path}: the folder has no .txt reports")
+        prompts = [Prompt(_safe_id(f.stem, f"report{i}"), _checked(_read(f), str(f))) for i, f in enumerate(files)]
+    elif path.suffix.lower() == ".csv":
+        prompts = _from_csv(path)
+    elif path.suffix.lower() == ".json":
+        prompts = _from_json(path)
+    else:
+        prompts = [Prompt(_safe_id(path.stem, "report"), _checked(_read(path), str(path)))]
+    if not prompts:
+        raise ValueError(f"--prompt_file {path}: no reports found")
+    return _unique(prompts)
+
+
+def _read(path: Path) -> str:
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _from_csv(path: Path) -> list[Prompt]:
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        rows = list(csv.DictReader(handle))
+    prompts = []
+    for i, row in enumerate(rows):
+        where = f"{path} row {i + 2}"
+        if row.get("report") or row.get("prompt"):
+            text = row.get("report") or row.get("prompt")
+        elif "Findings_EN" in row or "Impressions_EN" in row:
+            text = f"Findings: {row.get('Findings_EN') or ''}\nImpression: {row.get('Impressions_EN') or ''}"
+            if not (row.get("Findings_EN") or row.get("Impressions_EN") or "").strip():
+                text = ""
+        else:
+            raise ValueError(f"{where}: no 'report' or 'prompt' column (or CT-RATE Findings_EN/Impressions_EN)")
+        name = row.get("id") or (row.get("VolumeName") or "").replace(".nii.gz", "")
+        prompts.append(Prompt(_safe_id(name, f"row{i:04d}"), _checked(text, where)))
+    return prompts
+
+
+def _from_json(path: Path) -> list[Prompt]:
+    try:
+        data = json.loads(_read(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if isinstance(data, dict) and "prompts" in data:
+        data = data["prompts"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of reports (strings or objects with 'prompt')")
+    prompts = []
+    for i, entry in enumerate(data):
+        where = f"{path} item {i}"
+        if isinstance(entry, str):
+            text, name = entry, ""
+        elif isinstance(entry, dict):
+            text, name = entry.get("prompt", entry.get("report")), str(entry.get("id", ""))
+        else:
+            raise ValueError(f"{where}: expected a string or an object with 'prompt'")
+        prompts.append(Prompt(_safe_id(name, f"item{i:04d}"), _checked(text, where)))
+    return prompts

@@ -1,0 +1,104 @@
+"""Self-describing network weights: ``NAME.pt`` (a plain state dict) beside ``NAME.json`` (what network it fits).
+
+The JSON holds ``stage`` ("lowres" or "sr"), ``network`` (the :class:`~scripts.networks.MedSynUNet` keyword
+arguments), and optional ``text_encoder`` (the encoder whose features the low-res network was trained on) and
+``data`` (the model grid: ``spacing``, ``size``, ``size_mode``), plus free provenance fields. A plain state dict
+keeps the ``.pt`` file loadable with ``torch.load(weights_only=True)`` by any tool, as MONAI bundles expect of
+``models/model.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scripts.data.io import atomic_path, write_json
+from scripts.networks import STAGES, MedSynUNet
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Weights missing where the configuration points: the message says where they come from."""
+
+
+def description_path(weights: str | os.PathLike) -> Path:
+    """The JSON that describes ``weights`` (same name, ``.json``)."""
+    return Path(weights).with_suffix(".json")
+
+
+def save_network(
+    path: str | os.PathLike,
+    network: MedSynUNet,
+    network_config: dict[str, Any],
+    stage: str,
+    overwrite: bool = False,
+    **description: Any,
+) -> Path:
+    """Write ``network``'s weights to ``path`` and its description beside it, both atomically.
+
+    Args:
+        path: the ``.pt`` file.
+        network: the network (its ``state_dict`` is saved, on CPU).
+        network_config: the keyword arguments that rebuild it.
+        stage: "lowres" or "sr".
+        overwrite: replace existing files.
+        description: extra JSON fields (``text_encoder``, ``data``, provenance such as training iterations).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    path = Path(path)
+    info = {"stage": stage, "network": _jsonable(network_config), **description}
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    with atomic_path(path, overwrite) as tmp:
+        torch.save(state, tmp)
+    write_json(description_path(path), info, overwrite=overwrite)
+    return path
+
+
+def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def read_description(path: str | os.PathLike, stage: str | None = None, hint: str = "") -> dict[str, Any]:
+    """The JSON description of weights at ``path``, checked to exist and to be of ``stage``."""
+    path = Path(path)
+    described = description_path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"no {stage or 'network'} weights at {path}{': ' + hint if hint else ''}")
+    if not described.is_file():
+        raise WeightsNotFoundError(f"{path} has no description {described.name} beside it (stage and network config)")
+    try:
+        info = json.loads(described.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{described}: not valid JSON ({err})") from None
+    if "network" not in info or info.get("stage") not in STAGES:
+        raise ValueError(f"{described}: needs 'stage' (one of {STAGES}) and 'network' (MedSynUNet arguments)")
+    if stage is not None and info["stage"] != stage:
+        raise ValueError(f"{path} holds {info['stage']} weights, but {stage} weights are needed here")
+    return info
+
+
+def load_network(
+    path: str | os.PathLike, stage: str | None = None, device: str | torch.device = "cpu", hint: str = ""
+) -> tuple[MedSynUNet, dict[str, Any]]:
+    """Build the described network, load the weights strictly and return ``(network in eval mode, description)``.
+
+    Args:
+        path: the ``.pt`` weights.
+        stage: expected stage, checked against the description.
+        device: where to put the network.
+        hint: appended to the missing-file error (how to get the weights).
+    """
+    info = read_description(path, stage, hint)
+    network = MedSynUNet(**info["network"])
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    result = network.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path} does not fit its described network: missing {result.missing_keys[:5]}"
+            f"{'...' if len(result.missing_keys) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return network.to(device).eval(), info

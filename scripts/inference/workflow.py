@@ -1,0 +1,244 @@
+"""The ``inference`` and ``synthesize`` runs of ``configs/inference.json``.
+
+:class:`InferenceRunner` loads the weights (with an error that says where to get missing ones), builds the
+:class:`~scripts.inference.pipeline.MedSynPipeline`, puts fixed anatomy or CT inputs on the model grid, and writes
+every sample with :class:`~scripts.inference.writer.SampleWriter`. :meth:`InferenceRunner.run` is the command-line
+face: any failure ends the process with one line naming the problem, after the samples already finished were kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scripts.conventions import LOWRES_FACTOR, ras_to_network
+from scripts.data.io import write_json, write_nifti, write_text
+from scripts.data.transforms import build_channel_preprocessing
+from scripts.inference.pipeline import MedSynPipeline
+from scripts.inference.prompts import Prompt, read_prompts
+from scripts.inference.weights import load_network
+from scripts.inference.writer import SYNTHETIC_DESCRIPTION, SampleWriter, decode_sample
+
+logger = logging.getLogger(__name__)
+
+FIXED_INPUTS = {"image": "ct", "lobe": "lobe", "airway": "airway", "vessel": "vessel"}  # CLI key → channel
+WEIGHTS_HINT = (
+    "train them with `python -m monai.bundle run training --config_file configs/train.json` (docs/training.md), "
+    "or convert official MedSyn weights with `python -m scripts.convert_official` (large_files.yml), "
+    "and point --lowres_weights / --sr_weights at the .pt files"
+)
+# Auto3DSeg takes one label map per image: lobes keep 1-5, airway and vessel are painted over them
+SEGMENTATION_LABELS = {"lobe": None, "airway": 6, "vessel": 7}
+LABEL_NAMES = {
+    0: "background", 1: "left upper lobe", 2: "left lower lobe", 3: "right upper lobe", 4: "right middle lobe",
+    5: "right lower lobe", 6: "airway", 7: "pulmonary vessel",
+}
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+class InferenceRunner:
+    """Generate samples from reports, optionally holding anatomy or the CT fixed, and write them.
+
+    Args:
+        lowres_weights: stage-1 weights (``.pt`` with its ``.json`` description, see :mod:`.weights`).
+        sr_weights: stage-2 weights, or None/"" to write the 64³ stage-1 output only.
+        output_dir: where samples are written.
+        text_encoder: encoder name or folder; None uses the one the low-res weights were trained with.
+        guidance_scale: classifier-free guidance (1 = off).
+        steps_lowres, steps_sr: DDIM steps per stage.
+        spacing: model-grid voxel size in mm; None takes the training grid from the weights' description.
+        sr_tile: super-resolution tile (D, H, W), -1 = whole axis; None runs the whole volume at once.
+        sr_overlap: tile overlap fraction.
+        device: torch device (default CUDA when available).
+        overwrite: replace existing sample files.
+        progress: progress bars.
+    """
+
+    def __init__(
+        self,
+        lowres_weights: str | os.PathLike,
+        sr_weights: str | os.PathLike | None,
+        output_dir: str | os.PathLike,
+        text_encoder: str | None = None,
+        guidance_scale: float = 1.0,
+        steps_lowres: int = 50,
+        steps_sr: int = 20,
+        spacing: Sequence[float] | None = None,
+        sr_tile: Sequence[int] | None = None,
+        sr_overlap: float = 0.25,
+        device: str | torch.device | None = None,
+        overwrite: bool | str = False,
+        progress: bool = True,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else None
+        lowres, self.lowres_info = load_network(lowres_weights, "lowres", self.device or "cpu", WEIGHTS_HINT)
+        sr, self.sr_info = (None, {}) if not sr_weights else load_network(sr_weights, "sr", "cpu", WEIGHTS_HINT)
+        self.weights = {"lowres": str(lowres_weights), "sr": str(sr_weights) if sr_weights else None}
+        data = self.lowres_info.get("data", {})
+        self.size = int(data.get("size", 64 * LOWRES_FACTOR))
+        self.size_mode = data.get("size_mode", "pad_crop")
+        self.spacing = tuple(float(s) for s in (spacing or data.get("spacing") or (1.0, 1.0, 1.0)))
+        self.text_encoder_name = text_encoder or self.lowres_info.get("text_encoder", "minilm")
+        self._text_encoder = None
+        self.context_dim = self.lowres_info["network"].get("context_dim")
+        self.pipeline = MedSynPipeline(
+            lowres,
+            sr,
+            text_encoder=self._encode,
+            lowres_size=(self.size // LOWRES_FACTOR,) * 3,
+            lowres_steps=int(steps_lowres),
+            sr_steps=int(steps_sr),
+            guidance_scale=float(guidance_scale),
+            sr_roi_size=sr_tile,
+            sr_overlap=float(sr_overlap),
+            device=self.device,
+            progress=progress,
+        )
+        self.settings = {"guidance_scale": float(guidance_scale), "steps_lowres": int(steps_lowres),
+                         "steps_sr": int(steps_sr) if sr is not None else None, "sr_tile": sr_tile}
+        self.writer = SampleWriter(output_dir, self.spacing, overwrite=_as_bool(overwrite))
+
+    def _encode(self, texts: Sequence[str]) -> torch.Tensor:
+        if self._text_encoder is None:
+            from scripts.text import ReportEncoder  # loading transformers only when a report is given
+
+            self._text_encoder = ReportEncoder(self.text_encoder_name, device=self.pipeline.device)
+            if self._text_encoder.hidden_size != self.context_dim:
+                raise ValueError(
+                    f"text encoder {self.text_encoder_name!r} gives {self._text_encoder.hidden_size}-wide features, "
+                    f"the low-res network expects {self.context_dim}; use the encoder it was trained with"
+                )
+        return self._text_encoder.encode(list(texts))
+
+    def load_fixed(self, inputs: dict[str, str | None]) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
+        """Put the given inputs (``image``, ``lobe``, ``airway``, ``vessel`` → NIfTI path) on the model grid.
+
+        Returns channel name → (D, H, W) encoded network-layout tensor, and the grid's RAS affine (None if no input).
+        """
+        given = {key: str(path) for key, path in inputs.items() if path}
+        unknown = sorted(set(given) - set(FIXED_INPUTS))
+        if unknown:
+            raise ValueError(f"unknown fixed inputs {unknown}; expected {sorted(FIXED_INPUTS)}")
+        if not given:
+            return {}, None
+        loader = build_channel_preprocessing(list(given), self.spacing, self.size, self.size_mode)
+        loaded = loader(given)
+        fixed = {FIXED_INPUTS[key]: ras_to_network(loaded[key][0].as_tensor()) for key in given}
+        affine = loaded[next(iter(given))].affine.numpy()
+        return fixed, affine
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        prompt_file: str | None = None,
+        num_samples: int = 1,
+        seed: int = 0,
+        image: str | None = None,
+        lobe: str | None = None,
+        airway: str | None = None,
+        vessel: str | None = None,
+    ) -> list[dict[str, Path]]:
+        """Generate ``num_samples`` per prompt (seeds ``seed``, ``seed + 1``, ...) and write them.
+
+        With fixed inputs and no report, one report-free sample set named ``segmentation`` (CT given) or
+        ``anatomy`` is made. Returns the written paths of every sample.
+        """
+        num_samples, seed = int(num_samples), int(seed)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        inputs = {"image": image, "lobe": lobe, "airway": airway, "vessel": vessel}
+        if prompt is None and prompt_file in (None, "") and any(inputs.values()):
+            prompts = [Prompt("segmentation" if image else "anatomy", None)]
+        else:
+            prompts = read_prompts(prompt, prompt_file)
+        jobs = [(p, seed + i, f"{p.id}_seed{seed + i}") for p in prompts for i in range(num_samples)]
+        for _, _, sample_id in jobs:  # refuse before spending any compute
+            self.writer.check_free(sample_id)
+        fixed, affine = self.load_fixed(inputs)
+        written = []
+        for index, (p, sample_seed, sample_id) in enumerate(jobs, start=1):
+            logger.info(f"sample {index}/{len(jobs)}: {sample_id}")
+            output = self.pipeline(p.text, sample_seed, fixed)
+            volume = output.volume if output.volume is not None else output.lowres
+            metadata = {
+                "prompt": p.text,
+                "prompt_id": p.id,
+                "seed": sample_seed,
+                **self.settings,
+                "fixed_inputs": {k: str(v) for k, v in inputs.items() if v},
+                "text_encoder": self.text_encoder_name if p.text is not None else None,
+                "weights": self.weights,
+            }
+            written.append(self.writer.write(sample_id, volume, metadata, affine))
+        return written
+
+    def run(self, **kwargs: Any) -> list[dict[str, Path]]:
+        """:meth:`generate` for the command line: a failure exits with one line (samples written so far stay)."""
+        try:
+            return self.generate(**kwargs)
+        except Exception as err:  # the CLI reports every failure as one line, not a traceback
+            raise SystemExit(f"medsyn inference failed: {type(err).__name__}: {err}") from None
+
+    def synthesize(self, num_folds: int = 5, **kwargs: Any) -> Path:
+        """Generate samples and an Auto3DSeg dataset beside them: ``<id>_label.nii.gz`` (lobes 1-5, airway 6,
+        vessel 7), ``datalist.json`` (``training`` items with ``image``, ``label``, ``fold``) and
+        ``data_src_cfg.yaml`` (modality, datalist, dataroot) for ``monai.apps.auto3dseg.AutoRunner``."""
+        if int(num_folds) < 1:
+            raise ValueError(f"num_folds must be >= 1, got {num_folds}")
+        written = self.generate(**kwargs)
+        root = self.writer.output_dir
+        items = []
+        for i, paths in enumerate(written):
+            label = _combined_label(paths)
+            sample_id = paths["json"].stem
+            label_path = write_nifti(
+                root / f"{sample_id}_label.nii.gz", label[0], label[1], "uint8", self.writer.overwrite,
+                SYNTHETIC_DESCRIPTION,
+            )
+            items.append({"image": paths["ct"].name, "label": label_path.name, "fold": i % int(num_folds)})
+        datalist = write_json(
+            root / "datalist.json",
+            {"name": "MedSyn-MONAI synthetic chest CT", "synthetic": True, "labels": LABEL_NAMES, "training": items},
+            overwrite=True,  # the index of the folder, rebuilt from what the run wrote
+        )
+        write_text(
+            root / "data_src_cfg.yaml",
+            f"modality: CT\ndatalist: {datalist.resolve()}\ndataroot: {root.resolve()}\n",
+            overwrite=True,
+        )
+        logger.info(f"wrote Auto3DSeg datalist {datalist} ({len(items)} cases, {num_folds} folds)")
+        return datalist
+
+    def run_synthesize(self, **kwargs: Any) -> Path:
+        """:meth:`synthesize` for the command line (one-line failure)."""
+        try:
+            return self.synthesize(**kwargs)
+        except Exception as err:  # one line for the CLI
+            raise SystemExit(f"medsyn synthesize failed: {type(err).__name__}: {err}") from None
+
+
+def _combined_label(paths: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    lobe = nib.load(str(paths["lobe"]))
+    label = np.asarray(lobe.dataobj).astype(np.uint8)
+    for name, value in SEGMENTATION_LABELS.items():
+        if value is not None:
+            label[np.asarray(nib.load(str(paths[name])).dataobj) > 0] = value
+    return label, lobe.affine
+
+
+__all__ = ["InferenceRunner", "decode_sample"]

@@ -1,0 +1,162 @@
+"""Inference on tiny random-weight networks: files, affines, reproducibility, anatomy control, errors."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import load_decathlon_datalist
+
+from scripts.conventions import ct_to_int16_hu, decode_lobe, network_to_ras
+from scripts.data.io import OutputExistsError, ras_affine, write_nifti
+from scripts.inference import SlidingWindowNetwork, read_prompts, save_network
+from scripts.inference.workflow import InferenceRunner
+from scripts.networks import build_network, preset_config
+from scripts.text.reports import ReportError
+
+SIZE = 32  # final grid 32³ (low-res 8³) keeps every test fast
+SPACING = (10.0, 10.0, 10.0)
+REPORT = "Findings: Large right pleural effusion. Impression: Right effusion."
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    lowres_cfg = {**preset_config("tiny", "lowres"), "context_dim": 384}  # all-MiniLM-L6-v2 features
+    sr_cfg = preset_config("tiny", "sr")
+    data = {"spacing": list(SPACING), "size": SIZE, "size_mode": "pad_crop"}
+    lowres = save_network(root / "lowres.pt", build_network("tiny", "lowres", context_dim=384), lowres_cfg, "lowres",
+                          text_encoder="minilm", data=data)
+    sr = save_network(root / "sr.pt", build_network("tiny", "sr"), sr_cfg, "sr", data=data)
+    return lowres, sr
+
+
+def runner(weights, out, **kwargs):
+    options = dict(steps_lowres=2, steps_sr=2, device="cpu", progress=False)
+    return InferenceRunner(weights[0], weights[1], out, **{**options, **kwargs})
+
+
+def test_generation_writes_labelled_nifti_with_affine_and_sidecar(weights, tmp_path):
+    (paths,) = runner(weights, tmp_path).generate(prompt=REPORT, seed=3)
+    ct = nib.load(str(paths["ct"]))
+    assert ct.shape == (SIZE,) * 3 and ct.get_data_dtype() == np.int16
+    np.testing.assert_allclose(ct.affine, ras_affine(SPACING, (SIZE,) * 3))
+    assert nib.aff2axcodes(ct.affine) == ("R", "A", "S")
+    hu = np.asarray(ct.dataobj)
+    assert hu.min() >= -1024 and hu.max() <= 600
+    for name, top in (("lobe", 5), ("airway", 1), ("vessel", 1)):
+        mask = nib.load(str(paths[name]))
+        assert mask.get_data_dtype() == np.uint8 and np.asarray(mask.dataobj).max() <= top
+    sidecar = json.loads(paths["json"].read_text())
+    assert sidecar["synthetic"] is True and sidecar["prompt"] == REPORT and sidecar["seed"] == 3
+    assert sidecar["steps_lowres"] == 2 and sidecar["weights"]["lowres"].endswith("lowres.pt")
+    assert paths["png"].stat().st_size > 1000 and paths["json"].name == "prompt_seed3.json"
+
+
+def test_same_seed_same_volume_and_no_silent_overwrite(weights, tmp_path):
+    first = runner(weights, tmp_path / "a").generate(prompt=REPORT, seed=1, num_samples=2)
+    again = runner(weights, tmp_path / "b").generate(prompt=REPORT, seed=1)
+    a, b = (np.asarray(nib.load(str(p["ct"])).dataobj) for p in (first[0], again[0]))
+    np.testing.assert_array_equal(a, b)
+    other = np.asarray(nib.load(str(first[1]["ct"])).dataobj)
+    assert not np.array_equal(a, other)  # seed 2
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        runner(weights, tmp_path / "a").generate(prompt=REPORT, seed=1)
+    runner(weights, tmp_path / "a", overwrite="true").generate(prompt=REPORT, seed=1)
+
+
+def _mask_case(tmp_path, shape=(40, 40, 40), spacing=(8.0, 8.0, 8.0)):
+    x, y, z = np.meshgrid(*(np.arange(s) - (s - 1) / 2 for s in shape), indexing="ij")
+    lobe = np.zeros(shape, np.uint8)
+    lobe[(x > 3) & (np.abs(y) < 10) & (np.abs(z) < 12)] = 3
+    lobe[(x < -3) & (np.abs(y) < 10) & (np.abs(z) < 12)] = 1
+    ct = np.where(lobe > 0, -850, 40).astype(np.float32)
+    affine = ras_affine(spacing, shape)
+    paths = {
+        "lobe": write_nifti(tmp_path / "lobe.nii.gz", lobe, affine, "uint8"),
+        "image": write_nifti(tmp_path / "ct.nii.gz", ct, affine, "int16"),
+    }
+    return paths
+
+
+def test_fixed_anatomy_and_segmentation_reproduce_the_inputs(weights, tmp_path):
+    inputs = _mask_case(tmp_path)
+    run = runner(weights, tmp_path / "out")
+    fixed, affine = run.load_fixed({"lobe": inputs["lobe"], "image": inputs["image"]})
+
+    (anatomy,) = run.generate(prompt=REPORT, lobe=str(inputs["lobe"]))
+    lobe_out = np.asarray(nib.load(str(anatomy["lobe"])).dataobj)
+    np.testing.assert_array_equal(lobe_out, network_to_ras(decode_lobe(fixed["lobe"]).numpy()))
+    assert set(np.unique(lobe_out)) == {0, 1, 3}
+    np.testing.assert_allclose(nib.load(str(anatomy["lobe"])).affine, affine)  # the input's world grid
+
+    (segmentation,) = run.generate(image=str(inputs["image"]))  # no report: segmentation by the joint model
+    ct_out = np.asarray(nib.load(str(segmentation["ct"])).dataobj)
+    np.testing.assert_array_equal(ct_out, network_to_ras(ct_to_int16_hu(fixed["ct"]).numpy()))  # the CT held
+    assert json.loads(segmentation["json"].read_text())["prompt"] is None
+    assert segmentation["json"].name == "segmentation_seed0.json"
+
+
+def test_bad_inputs_fail_clearly(weights, tmp_path):
+    with pytest.raises(ReportError, match="empty"):
+        runner(weights, tmp_path).generate(prompt="   ")
+    with pytest.raises(FileNotFoundError, match="monai.bundle run training"):
+        InferenceRunner(tmp_path / "missing.pt", None, tmp_path)
+    with pytest.raises(ValueError, match="lowres weights are needed"):
+        InferenceRunner(weights[1], None, tmp_path)
+    inputs = _mask_case(tmp_path)
+    odd = write_nifti(tmp_path / "odd.nii.gz", np.zeros((20, 20, 20)), ras_affine((8, 8, 8), (20,) * 3), "uint8")
+    with pytest.raises(RuntimeError) as info:  # a mask on another grid than the CT
+        runner(weights, tmp_path / "x").generate(image=str(inputs["image"]), lobe=str(odd))
+    assert "shape" in str(info.value.__cause__)
+    with pytest.raises(SystemExit, match="medsyn inference failed: ReportError"):
+        runner(weights, tmp_path).run(prompt="")
+
+
+def test_tiles_blend_without_seams():
+    torch.manual_seed(0)
+    net = build_network("tiny", "sr").eval()
+    x = torch.randn(1, 8, 48, 16, 16) * 0.1
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        whole = net(x, t)
+        one_tile = SlidingWindowNetwork(net, roi_size=(-1, -1, -1))(x, t)
+        tiled = SlidingWindowNetwork(net, roi_size=(16, -1, -1), overlap=0.5)(x, t)
+    torch.testing.assert_close(one_tile, whole)  # the wrapper itself changes nothing
+    assert tiled.shape == whole.shape
+    # GroupNorm statistics are taken per tile, so tiles differ from the whole volume (docs: prefer deep slabs);
+    # what must not appear are seams: jumps between neighbouring slices at tile borders like those elsewhere
+    jumps = (tiled[:, :, 1:] - tiled[:, :, :-1]).abs().mean(dim=(0, 1, 3, 4))  # per slice boundary
+    borders = jumps[[7, 15, 23, 31, 39]]  # boundaries where tiles start or end (tiles of 16, step 8)
+    assert borders.max() < 2 * jumps.median()
+    with pytest.raises(ValueError, match="roi_size"):
+        SlidingWindowNetwork(net, roi_size=(0, 16, 16))
+
+
+def test_prompt_files(tmp_path):
+    (tmp_path / "a.csv").write_text("id,report\ncase 1,Findings: clear.\ncase 1,Impression: normal.\n")
+    assert [p.id for p in read_prompts(prompt_file=tmp_path / "a.csv")] == ["case_1", "case_1_1"]
+    (tmp_path / "b.json").write_text(json.dumps(["Findings: clear.", {"id": "x", "prompt": "Impression: ok."}]))
+    assert [p.id for p in read_prompts(prompt_file=tmp_path / "b.json")] == ["item0000", "x"]
+    (tmp_path / "c.csv").write_text("VolumeName,Findings_EN,Impressions_EN\ntrain_1_a_1.nii.gz,Clear lungs.,Normal.\n")
+    (p,) = read_prompts(prompt_file=tmp_path / "c.csv")
+    assert p.id == "train_1_a_1" and p.text.startswith("Findings: Clear lungs.")
+    with pytest.raises(ValueError, match="exactly one"):
+        read_prompts()
+    with pytest.raises(ReportError, match="characters"):
+        read_prompts(prompt="word " * 50_000)
+    with pytest.raises(ReportError, match="item 0"):
+        (tmp_path / "d.json").write_text(json.dumps([""]))
+        read_prompts(prompt_file=tmp_path / "d.json")
+
+
+def test_synthesize_writes_an_auto3dseg_dataset(weights, tmp_path):
+    datalist = runner(weights, tmp_path).synthesize(prompt=REPORT, num_samples=3, num_folds=2)
+    items = load_decathlon_datalist(str(datalist), True, "training", str(tmp_path))
+    assert [item["fold"] for item in items] == [0, 1, 0]
+    label = np.asarray(nib.load(items[0]["label"]).dataobj)
+    assert label.dtype == np.uint8 and label.max() <= 7
+    config = (tmp_path / "data_src_cfg.yaml").read_text()
+    assert "modality: CT" in config and str(datalist.resolve()) in config
