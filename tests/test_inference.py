@@ -103,9 +103,9 @@ def test_bad_inputs_fail_clearly(weights, tmp_path):
     with pytest.raises(ReportError, match="empty"):
         runner(weights, tmp_path).generate(prompt="   ")
     with pytest.raises(FileNotFoundError, match="monai.bundle run training"):
-        InferenceRunner(tmp_path / "missing.pt", None, tmp_path)
+        InferenceRunner(tmp_path / "missing.pt", None, tmp_path).generate(prompt=REPORT)
     with pytest.raises(ValueError, match="lowres weights are needed"):
-        InferenceRunner(weights[1], None, tmp_path)
+        InferenceRunner(weights[1], None, tmp_path).generate(prompt=REPORT)
     inputs = _mask_case(tmp_path)
     odd = write_nifti(tmp_path / "odd.nii.gz", np.zeros((20, 20, 20)), ras_affine((8, 8, 8), (20,) * 3), "uint8")
     with pytest.raises(RuntimeError) as info:  # a mask on another grid than the CT
@@ -160,3 +160,22 @@ def test_synthesize_writes_an_auto3dseg_dataset(weights, tmp_path):
     assert label.dtype == np.uint8 and label.max() <= 7
     config = (tmp_path / "data_src_cfg.yaml").read_text()
     assert "modality: CT" in config and str(datalist.resolve()) in config
+
+
+def test_bundle_command_runs_and_fails_in_one_line(weights, tmp_path):
+    """`python -m monai.bundle run inference` exactly as documented, with the tiny weights as overrides."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.json",
+            "--output_dir", str(tmp_path), "--steps_lowres", "2", "--steps_sr", "2", "--sr_tile", "[16,-1,-1]"]
+    ok = subprocess.run(base + ["--lowres_weights", str(weights[0]), "--sr_weights", str(weights[1]), "--seed", "5"],
+                        capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (tmp_path / "prompt_seed5_ct.nii.gz").is_file()  # the config's default report
+    assert "Large right pleural effusion" in json.loads((tmp_path / "prompt_seed5.json").read_text())["prompt"]
+    missing = subprocess.run(base + ["--lowres_weights", str(tmp_path / "none.pt")], capture_output=True, text=True,
+                             timeout=600)
+    assert missing.returncode != 0
+    last = missing.stderr.strip().splitlines()[-1]
+    assert last.startswith("medsyn inference failed: WeightsNotFoundError") and "none.pt" in last

@@ -83,33 +83,62 @@ class InferenceRunner:
         overwrite: bool | str = False,
         progress: bool = True,
     ) -> None:
+        # nothing is loaded here: the command line reports loading problems in one line (see run)
+        self.lowres_weights, self.sr_weights = lowres_weights, sr_weights or None
+        self.output_dir = output_dir
+        self.text_encoder = text_encoder
+        self.guidance_scale, self.steps_lowres, self.steps_sr = float(guidance_scale), int(steps_lowres), int(steps_sr)
+        self.spacing_override = spacing
+        self.sr_tile, self.sr_overlap = sr_tile, float(sr_overlap)
         self.device = torch.device(device) if device is not None else None
-        lowres, self.lowres_info = load_network(lowres_weights, "lowres", self.device or "cpu", WEIGHTS_HINT)
-        sr, self.sr_info = (None, {}) if not sr_weights else load_network(sr_weights, "sr", "cpu", WEIGHTS_HINT)
-        self.weights = {"lowres": str(lowres_weights), "sr": str(sr_weights) if sr_weights else None}
+        self.overwrite = _as_bool(overwrite)
+        self.progress = progress
+        self._pipeline: MedSynPipeline | None = None
+        self._text_encoder = None
+
+    def _load(self) -> None:
+        """Load both networks and derive the model grid from the low-res weights' description."""
+        lowres, self.lowres_info = load_network(self.lowres_weights, "lowres", self.device or "cpu", WEIGHTS_HINT)
+        sr, self.sr_info = (None, {}) if not self.sr_weights else load_network(self.sr_weights, "sr", "cpu", WEIGHTS_HINT)
+        self.weights = {"lowres": str(self.lowres_weights), "sr": str(self.sr_weights) if sr is not None else None}
         data = self.lowres_info.get("data", {})
         self.size = int(data.get("size", 64 * LOWRES_FACTOR))
         self.size_mode = data.get("size_mode", "pad_crop")
-        self.spacing = tuple(float(s) for s in (spacing or data.get("spacing") or (1.0, 1.0, 1.0)))
-        self.text_encoder_name = text_encoder or self.lowres_info.get("text_encoder", "minilm")
-        self._text_encoder = None
+        self.spacing = tuple(float(s) for s in (self.spacing_override or data.get("spacing") or (1.0, 1.0, 1.0)))
+        self.text_encoder_name = self.text_encoder or self.lowres_info.get("text_encoder", "minilm")
         self.context_dim = self.lowres_info["network"].get("context_dim")
-        self.pipeline = MedSynPipeline(
+        self._pipeline = MedSynPipeline(
             lowres,
             sr,
             text_encoder=self._encode,
             lowres_size=(self.size // LOWRES_FACTOR,) * 3,
-            lowres_steps=int(steps_lowres),
-            sr_steps=int(steps_sr),
-            guidance_scale=float(guidance_scale),
-            sr_roi_size=sr_tile,
-            sr_overlap=float(sr_overlap),
+            lowres_steps=self.steps_lowres,
+            sr_steps=self.steps_sr,
+            guidance_scale=self.guidance_scale,
+            sr_roi_size=self.sr_tile,
+            sr_overlap=self.sr_overlap,
             device=self.device,
-            progress=progress,
+            progress=self.progress,
         )
-        self.settings = {"guidance_scale": float(guidance_scale), "steps_lowres": int(steps_lowres),
-                         "steps_sr": int(steps_sr) if sr is not None else None, "sr_tile": sr_tile}
-        self.writer = SampleWriter(output_dir, self.spacing, overwrite=_as_bool(overwrite))
+        self.settings = {"guidance_scale": self.guidance_scale, "steps_lowres": self.steps_lowres,
+                         "steps_sr": self.steps_sr if sr is not None else None, "sr_tile": self.sr_tile}
+        self._writer = SampleWriter(self.output_dir, self.spacing, overwrite=self.overwrite)
+
+    def _ensure_loaded(self) -> None:
+        if self._pipeline is None:
+            self._load()
+
+    @property
+    def pipeline(self) -> MedSynPipeline:
+        """The loaded pipeline (the weights are loaded on first use)."""
+        self._ensure_loaded()
+        return self._pipeline
+
+    @property
+    def writer(self) -> SampleWriter:
+        """The sample writer (its grid spacing comes from the weights, so they are loaded first)."""
+        self._ensure_loaded()
+        return self._writer
 
     def _encode(self, texts: Sequence[str]) -> torch.Tensor:
         if self._text_encoder is None:
@@ -128,6 +157,7 @@ class InferenceRunner:
 
         Returns channel name → (D, H, W) encoded network-layout tensor, and the grid's RAS affine (None if no input).
         """
+        self._ensure_loaded()
         given = {key: str(path) for key, path in inputs.items() if path}
         unknown = sorted(set(given) - set(FIXED_INPUTS))
         if unknown:
@@ -146,6 +176,7 @@ class InferenceRunner:
         prompt_file: str | None = None,
         num_samples: int = 1,
         seed: int = 0,
+        default_prompt: str | None = None,
         image: str | None = None,
         lobe: str | None = None,
         airway: str | None = None,
@@ -153,17 +184,19 @@ class InferenceRunner:
     ) -> list[dict[str, Path]]:
         """Generate ``num_samples`` per prompt (seeds ``seed``, ``seed + 1``, ...) and write them.
 
-        With fixed inputs and no report, one report-free sample set named ``segmentation`` (CT given) or
-        ``anatomy`` is made. Returns the written paths of every sample.
+        The reports come from ``prompt`` or ``prompt_file``; with neither, fixed inputs alone give report-free
+        samples named ``segmentation`` (CT given) or ``anatomy``, and otherwise ``default_prompt`` is used.
+        Returns the written paths of every sample.
         """
         num_samples, seed = int(num_samples), int(seed)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         inputs = {"image": image, "lobe": lobe, "airway": airway, "vessel": vessel}
-        if prompt is None and prompt_file in (None, "") and any(inputs.values()):
+        no_report = prompt is None and prompt_file in (None, "")
+        if no_report and any(inputs.values()):
             prompts = [Prompt("segmentation" if image else "anatomy", None)]
         else:
-            prompts = read_prompts(prompt, prompt_file)
+            prompts = read_prompts(default_prompt if no_report and default_prompt else prompt, prompt_file)
         jobs = [(p, seed + i, f"{p.id}_seed{seed + i}") for p in prompts for i in range(num_samples)]
         for _, _, sample_id in jobs:  # refuse before spending any compute
             self.writer.check_free(sample_id)
