@@ -1,0 +1,19 @@
+"""Denoiser networks of MedSyn (SPEC.md §5) and loading of the official checkpoints.
+
+Public API:
+    MedSynUNet                     the one network class of both stages
+    build_network(preset, stage)   a registered size ("paper", "small", "tiny") of stage "lowres" or "sr"
+    from_official_state_dict(...)  a network holding the weights of an official MedSyn checkpoint
+"""
+
+from .official import (
+    OfficialCheckpointError,
+    convert_official_state_dict,
+    from_official_state_dict,
+    infer_official_kwargs,
+    official_key_map,
+    official_to_config,
+    strip_prefixes,
+)
+from .presets import PRESETS, STAGES, build_network, parameter_counts, preset_config, register_preset
+from .unet import MedSynUNet
