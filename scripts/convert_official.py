@@ -5,24 +5,21 @@
 PATH is an accelerate checkpoint folder (``pytorch_model_1.bin``, the EMA weights, is preferred over
 ``pytorch_model.bin``) or a ``.bin`` / ``.pt`` state dict. The layout (dim, cond_dim, dim_mults, channels,
 attn_heads) is read from the tensor shapes. Output, both written atomically, in the bundle's self-describing
-weights format (scripts/inference/weights.py): FILE, a plain state dict with our keys, and FILE with suffix
+weights format (scripts/networks/weights.py): FILE, a plain state dict with our keys, and FILE with suffix
 ``.json``: ``stage``, ``network`` (the :class:`MedSynUNet` arguments), ``text_encoder`` (low-res) and provenance.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from scripts.networks import OfficialCheckpointError, from_official_state_dict, infer_official_kwargs
+from scripts.networks.weights import description_path, save_network
 
 EMA_FILE = "pytorch_model_1.bin"
 # the official low-res model reads CXR-BERT token features (768 wide; MedSyn fine-tuned the encoder on CT reports)
@@ -58,50 +55,28 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the target's folder, then rename: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-
-
 def convert(checkpoint: Path, stage: str, out: Path, overwrite: bool = False) -> dict[str, Any]:
     """Convert ``checkpoint`` to ``out`` (+ ``out.json``); returns the metadata written to the JSON file."""
     if out.suffix == ".json":
         raise ValueError(f"--out {out} must not end in .json: that name is taken by the metadata file")
-    meta_path = out.with_suffix(".json")
-    existing = [p for p in (out, meta_path) if p.exists()]
-    if existing and not overwrite:
+    existing = [p for p in (out, description_path(out)) if p.exists()]
+    if existing and not overwrite:  # before the (slow) checkpoint load
         raise FileExistsError(f"{existing[0]} exists: pass --overwrite to replace it")
     source = resolve_checkpoint(checkpoint)
     state_dict = load_state_dict(source)
     official_kwargs = infer_official_kwargs(state_dict, stage)
     model = from_official_state_dict(state_dict, stage, **official_kwargs)
     metadata: dict[str, Any] = {
-        "stage": stage,
-        "network": _jsonable(model.config),
         "converted_from": "official MedSyn checkpoint",
-        "official_kwargs": _jsonable(official_kwargs),
+        "official_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in official_kwargs.items()},
         "source": str(source),
         "ema": source.name == EMA_FILE,
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     if stage == "lowres":
         metadata["text_encoder"] = OFFICIAL_TEXT_ENCODER
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, lambda tmp: torch.save(model.state_dict(), tmp))
-    _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2) + "\n"))
-    return metadata
+    save_network(out, model, model.config, stage, overwrite=overwrite, **metadata)
+    return {"stage": stage, **metadata}
 
 
 def main(argv: list[str] | None = None) -> int:

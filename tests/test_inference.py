@@ -10,7 +10,8 @@ from monai.data import load_decathlon_datalist
 
 from scripts.conventions import ct_to_int16_hu, decode_lobe, network_to_ras
 from scripts.data.io import OutputExistsError, ras_affine, write_nifti
-from scripts.inference import SlidingWindowNetwork, read_prompts, save_network
+from scripts.inference import SlidingWindowNetwork, read_prompts
+from scripts.networks import save_network
 from scripts.inference.workflow import InferenceRunner
 from scripts.networks import build_network, preset_config
 from scripts.text.reports import ReportError

@@ -1,6 +1,5 @@
 """Inference: report → 64³ joint CT + anatomy → 256³, anatomy control and segmentation, files on disk.
 
-- :mod:`.weights`: self-describing weight files (``X.pt`` state dict + ``X.json`` network description).
 - :mod:`.tiling`: a sliding-window wrapper that runs a denoiser network over tiles (memory-bounded 256³).
 - :mod:`.pipeline`: :class:`MedSynPipeline`, the two stages composed from the diffusion denoisers.
 - :mod:`.prompts`: reading reports from the command line, text, CSV or JSON files.
@@ -11,5 +10,5 @@
 from scripts.inference.pipeline import MedSynPipeline, PipelineOutput
 from scripts.inference.prompts import Prompt, read_prompts
 from scripts.inference.tiling import SlidingWindowNetwork
-from scripts.inference.weights import WeightsNotFoundError, load_network, save_network
+from scripts.networks.weights import WeightsNotFoundError, load_network, save_network
 from scripts.inference.writer import SampleWriter

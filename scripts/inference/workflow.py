@@ -22,7 +22,7 @@ from scripts.data.io import write_json, write_nifti, write_text
 from scripts.data.transforms import build_channel_preprocessing
 from scripts.inference.pipeline import MedSynPipeline
 from scripts.inference.prompts import Prompt, read_prompts
-from scripts.inference.weights import load_network
+from scripts.networks.weights import load_network
 from scripts.inference.writer import SYNTHETIC_DESCRIPTION, SampleWriter, decode_sample
 
 logger = logging.getLogger(__name__)

@@ -4,6 +4,7 @@ Public API:
     MedSynUNet                     the one network class of both stages
     build_network(preset, stage)   a registered size ("paper", "small", "tiny") of stage "lowres" or "sr"
     from_official_state_dict(...)  a network holding the weights of an official MedSyn checkpoint
+    save_network / load_network    the bundle's weight files: NAME.pt (state dict) + NAME.json (which network)
 """
 
 from .official import (
@@ -17,3 +18,4 @@ from .official import (
 )
 from .presets import PRESETS, STAGES, build_network, parameter_counts, preset_config, register_preset
 from .unet import MedSynUNet
+from .weights import WeightsNotFoundError, load_network, read_description, save_network

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from scripts.data.io import atomic_path, write_json
-from scripts.networks import STAGES, MedSynUNet
+from scripts.data.io import OutputExistsError, atomic_path, write_json
+from scripts.networks.presets import STAGES
+from scripts.networks.unet import MedSynUNet
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -50,11 +51,14 @@ def save_network(
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     path = Path(path)
+    taken = [p for p in (path, description_path(path)) if p.exists()]
+    if taken and not overwrite:  # checked for both files before writing either
+        raise OutputExistsError(f"{taken[0]} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     info = {"stage": stage, "network": _jsonable(network_config), **description}
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-    with atomic_path(path, overwrite) as tmp:
+    with atomic_path(path, overwrite=True) as tmp:
         torch.save(state, tmp)
-    write_json(description_path(path), info, overwrite=overwrite)
+    write_json(description_path(path), info, overwrite=True)
     return path
 
 
