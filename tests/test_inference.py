@@ -34,13 +34,24 @@ def weights(tmp_path_factory):
     return lowres, sr
 
 
-def runner(weights, out, **kwargs):
-    options = dict(steps_lowres=2, steps_sr=2, device="cpu", progress=False)
-    return InferenceRunner(weights[0], weights[1], out, **{**options, **kwargs})
+@pytest.fixture(scope="module")
+def encoder():
+    from scripts.text import ReportEncoder
+
+    return ReportEncoder("minilm", device="cpu")
 
 
-def test_generation_writes_labelled_nifti_with_affine_and_sidecar(weights, tmp_path):
-    (paths,) = runner(weights, tmp_path).generate(prompt=REPORT, seed=3)
+@pytest.fixture
+def runner(weights, encoder):
+    def make(out, **kwargs):
+        options = dict(steps_lowres=2, steps_sr=2, device="cpu", progress=False, text_encoder=encoder)
+        return InferenceRunner(weights[0], weights[1], out, **{**options, **kwargs})
+
+    return make
+
+
+def test_generation_writes_labelled_nifti_with_affine_and_sidecar(runner, weights, tmp_path):
+    (paths,) = runner(tmp_path).generate(prompt=REPORT, seed=3)
     ct = nib.load(str(paths["ct"]))
     assert ct.shape == (SIZE,) * 3 and ct.get_data_dtype() == np.int16
     np.testing.assert_allclose(ct.affine, ras_affine(SPACING, (SIZE,) * 3))
@@ -56,16 +67,16 @@ def test_generation_writes_labelled_nifti_with_affine_and_sidecar(weights, tmp_p
     assert paths["png"].stat().st_size > 1000 and paths["json"].name == "prompt_seed3.json"
 
 
-def test_same_seed_same_volume_and_no_silent_overwrite(weights, tmp_path):
-    first = runner(weights, tmp_path / "a").generate(prompt=REPORT, seed=1, num_samples=2)
-    again = runner(weights, tmp_path / "b").generate(prompt=REPORT, seed=1)
+def test_same_seed_same_volume_and_no_silent_overwrite(runner, weights, tmp_path):
+    first = runner(tmp_path / "a").generate(prompt=REPORT, seed=1, num_samples=2)
+    again = runner(tmp_path / "b").generate(prompt=REPORT, seed=1)
     a, b = (np.asarray(nib.load(str(p["ct"])).dataobj) for p in (first[0], again[0]))
     np.testing.assert_array_equal(a, b)
     other = np.asarray(nib.load(str(first[1]["ct"])).dataobj)
     assert not np.array_equal(a, other)  # seed 2
     with pytest.raises(OutputExistsError, match="--overwrite"):
-        runner(weights, tmp_path / "a").generate(prompt=REPORT, seed=1)
-    runner(weights, tmp_path / "a", overwrite="true").generate(prompt=REPORT, seed=1)
+        runner(tmp_path / "a").generate(prompt=REPORT, seed=1)
+    runner(tmp_path / "a", overwrite="true").generate(prompt=REPORT, seed=1)
 
 
 def _mask_case(tmp_path, shape=(40, 40, 40), spacing=(8.0, 8.0, 8.0)):
@@ -82,9 +93,9 @@ def _mask_case(tmp_path, shape=(40, 40, 40), spacing=(8.0, 8.0, 8.0)):
     return paths
 
 
-def test_fixed_anatomy_and_segmentation_reproduce_the_inputs(weights, tmp_path):
+def test_fixed_anatomy_and_segmentation_reproduce_the_inputs(runner, weights, tmp_path):
     inputs = _mask_case(tmp_path)
-    run = runner(weights, tmp_path / "out")
+    run = runner(tmp_path / "out")
     fixed, affine = run.load_fixed({"lobe": inputs["lobe"], "image": inputs["image"]})
 
     (anatomy,) = run.generate(prompt=REPORT, lobe=str(inputs["lobe"]))
@@ -100,9 +111,9 @@ def test_fixed_anatomy_and_segmentation_reproduce_the_inputs(weights, tmp_path):
     assert segmentation["json"].name == "segmentation_seed0.json"
 
 
-def test_bad_inputs_fail_clearly(weights, tmp_path):
+def test_bad_inputs_fail_clearly(runner, weights, tmp_path):
     with pytest.raises(ReportError, match="empty"):
-        runner(weights, tmp_path).generate(prompt="   ")
+        runner(tmp_path).generate(prompt="   ")
     with pytest.raises(FileNotFoundError, match="monai.bundle run training"):
         InferenceRunner(tmp_path / "missing.pt", None, tmp_path).generate(prompt=REPORT)
     with pytest.raises(ValueError, match="lowres weights are needed"):
@@ -110,10 +121,10 @@ def test_bad_inputs_fail_clearly(weights, tmp_path):
     inputs = _mask_case(tmp_path)
     odd = write_nifti(tmp_path / "odd.nii.gz", np.zeros((20, 20, 20)), ras_affine((8, 8, 8), (20,) * 3), "uint8")
     with pytest.raises(RuntimeError) as info:  # a mask on another grid than the CT
-        runner(weights, tmp_path / "x").generate(image=str(inputs["image"]), lobe=str(odd))
+        runner(tmp_path / "x").generate(image=str(inputs["image"]), lobe=str(odd))
     assert "shape" in str(info.value.__cause__)
     with pytest.raises(SystemExit, match="medsyn inference failed: ReportError"):
-        runner(weights, tmp_path).run(prompt="")
+        runner(tmp_path).run(prompt="")
 
 
 def test_tiles_blend_without_seams():
@@ -153,8 +164,8 @@ def test_prompt_files(tmp_path):
         read_prompts(prompt_file=tmp_path / "d.json")
 
 
-def test_synthesize_writes_an_auto3dseg_dataset(weights, tmp_path):
-    datalist = runner(weights, tmp_path).synthesize(prompt=REPORT, num_samples=3, num_folds=2)
+def test_synthesize_writes_an_auto3dseg_dataset(runner, weights, tmp_path):
+    datalist = runner(tmp_path).synthesize(prompt=REPORT, num_samples=3, num_folds=2)
     items = load_decathlon_datalist(str(datalist), True, "training", str(tmp_path))
     assert [item["fold"] for item in items] == [0, 1, 0]
     label = np.asarray(nib.load(items[0]["label"]).dataobj)
@@ -163,7 +174,7 @@ def test_synthesize_writes_an_auto3dseg_dataset(weights, tmp_path):
     assert "modality: CT" in config and str(datalist.resolve()) in config
 
 
-def test_bundle_command_runs_and_fails_in_one_line(weights, tmp_path):
+def test_bundle_command_runs_and_fails_in_one_line(runner, weights, tmp_path):
     """`python -m monai.bundle run inference` exactly as documented, with the tiny weights as overrides."""
     import subprocess
     import sys

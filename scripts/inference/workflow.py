@@ -56,7 +56,8 @@ class InferenceRunner:
         lowres_weights: stage-1 weights (``.pt`` with its ``.json`` description, see :mod:`.weights`).
         sr_weights: stage-2 weights, or None/"" to write the 64³ stage-1 output only.
         output_dir: where samples are written.
-        text_encoder: encoder name or folder; None uses the one the low-res weights were trained with.
+        text_encoder: encoder name or folder (None: the one the low-res weights were trained with), or a loaded
+            :class:`~scripts.text.ReportEncoder` to share between runners.
         guidance_scale: classifier-free guidance (1 = off).
         steps_lowres, steps_sr: DDIM steps per stage.
         spacing: model-grid voxel size in mm; None takes the training grid from the weights' description.
@@ -72,7 +73,7 @@ class InferenceRunner:
         lowres_weights: str | os.PathLike,
         sr_weights: str | os.PathLike | None,
         output_dir: str | os.PathLike,
-        text_encoder: str | None = None,
+        text_encoder: str | Any | None = None,
         guidance_scale: float = 1.0,
         steps_lowres: int = 50,
         steps_sr: int = 20,
@@ -86,7 +87,8 @@ class InferenceRunner:
         # nothing is loaded here: the command line reports loading problems in one line (see run)
         self.lowres_weights, self.sr_weights = lowres_weights, sr_weights or None
         self.output_dir = output_dir
-        self.text_encoder = text_encoder
+        self.text_encoder = text_encoder if isinstance(text_encoder, (str, type(None))) else None
+        self._text_encoder = None if self.text_encoder is not None or text_encoder is None else text_encoder
         self.guidance_scale, self.steps_lowres, self.steps_sr = float(guidance_scale), int(steps_lowres), int(steps_sr)
         self.spacing_override = spacing
         self.sr_tile, self.sr_overlap = sr_tile, float(sr_overlap)
@@ -94,7 +96,6 @@ class InferenceRunner:
         self.overwrite = _as_bool(overwrite)
         self.progress = progress
         self._pipeline: MedSynPipeline | None = None
-        self._text_encoder = None
 
     def _load(self) -> None:
         """Load both networks and derive the model grid from the low-res weights' description."""
@@ -105,7 +106,9 @@ class InferenceRunner:
         self.size = int(data.get("size", 64 * LOWRES_FACTOR))
         self.size_mode = data.get("size_mode", "pad_crop")
         self.spacing = tuple(float(s) for s in (self.spacing_override or data.get("spacing") or (1.0, 1.0, 1.0)))
-        self.text_encoder_name = self.text_encoder or self.lowres_info.get("text_encoder", "minilm")
+        described = self.lowres_info.get("text_encoder") or "minilm"
+        loaded = getattr(self._text_encoder, "model_id", None)
+        self.text_encoder_name = self.text_encoder or loaded or described
         self.context_dim = self.lowres_info["network"].get("context_dim")
         self._pipeline = MedSynPipeline(
             lowres,
@@ -145,11 +148,11 @@ class InferenceRunner:
             from scripts.text import ReportEncoder  # loading transformers only when a report is given
 
             self._text_encoder = ReportEncoder(self.text_encoder_name, device=self.pipeline.device)
-            if self._text_encoder.hidden_size != self.context_dim:
-                raise ValueError(
-                    f"text encoder {self.text_encoder_name!r} gives {self._text_encoder.hidden_size}-wide features, "
-                    f"the low-res network expects {self.context_dim}; use the encoder it was trained with"
-                )
+        if self._text_encoder.hidden_size != self.context_dim:
+            raise ValueError(
+                f"text encoder {self.text_encoder_name!r} gives {self._text_encoder.hidden_size}-wide features, "
+                f"the low-res network expects {self.context_dim}; use the encoder it was trained with"
+            )
         return self._text_encoder.encode(list(texts))
 
     def load_fixed(self, inputs: dict[str, str | None]) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
