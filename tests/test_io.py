@@ -27,6 +27,7 @@ def test_nifti_keeps_affine_dtype_and_values(tmp_path):
 
 def test_existing_output_is_never_silently_replaced(tmp_path):
     path = write_json(tmp_path / "a.json", {"x": 1})
+    assert path.stat().st_mode & 0o044  # readable by others as with open(), not mkstemp's 0600
     with pytest.raises(OutputExistsError, match="overwrite"):
         write_json(path, {"x": 2})
     assert path.read_text().strip().endswith("}") and '"x": 1' in path.read_text()

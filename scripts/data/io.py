@@ -23,6 +23,13 @@ class OutputExistsError(FileExistsError):
     """Raised instead of silently replacing an existing output."""
 
 
+def _default_mode() -> int:
+    # mkstemp creates 0600 files; outputs should get the ordinary permissions the user's umask gives
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _suffixes(path: Path) -> str:
     # keep a double suffix such as ".nii.gz" so writers that pick the format from the name still see it
     return "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
@@ -46,6 +53,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _default_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

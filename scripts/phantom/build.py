@@ -1,0 +1,240 @@
+"""Paint one subject's normal anatomy into a tissue label map on a voxel grid.
+
+The painter works from outside in: body wall layers and the thoracic cavity (one axial cross-section broadcast
+along z), the abdomen under the diaphragm, bones, lungs with their lobes and fissures, heart, then tubes (great
+vessels, pulmonary vessels, airways). Findings (``findings.py``) are painted on the result afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .anatomy import Anatomy
+from .geometry import Grid, largest_component, tube_distance
+from .tissues import LUNG_TISSUES, Tissue, lut
+from .trees import Segment, Trees
+
+_LUNGISH = lut(Tissue.LUNG, Tissue.FISSURE)
+_NOT_BONE = ~lut(Tissue.BONE, Tissue.MARROW, Tissue.DISC, Tissue.CORD)
+_CENTRAL_VESSEL_OK = ~lut(Tissue.BONE, Tissue.MARROW, Tissue.DISC, Tissue.CORD, Tissue.HEART, Tissue.BLOOD,
+                          Tissue.AIRWAY_LUMEN, Tissue.AIRWAY_WALL)
+_PERIPHERAL_OK = lut(Tissue.LUNG, Tissue.FISSURE, Tissue.PULM_VESSEL)
+_LUNG_LUT = lut(*LUNG_TISSUES)
+
+
+@dataclass
+class Volumes:
+    """Mutable state of a phantom while it is painted (arrays indexed (x, y, z)).
+
+    Args:
+        tissue: tissue label map (uint8, :class:`Tissue`).
+        lobe_region: analytic lobe of every voxel (0..5), before anything is carved out of the lungs.
+        vessel: voxels drawn by a pulmonary artery or vein (the vessel label is this ∩ vessel-like tissue).
+        airway: voxels drawn as airway lumen.
+    """
+
+    grid: Grid
+    anatomy: Anatomy
+    tissue: np.ndarray
+    lobe_region: np.ndarray
+    vessel: np.ndarray
+    airway: np.ndarray
+
+    def lobe(self) -> np.ndarray:
+        """Lobe label map: the analytic lobes where the tissue is lung (airway lumen and pleural fluid excluded)."""
+        return np.where(_LUNG_LUT[self.tissue], self.lobe_region, 0).astype(np.uint8)
+
+
+def _segment_radius(seg: Segment, t: np.ndarray) -> np.ndarray:
+    return seg.r0 + (seg.r1 - seg.r0) * t
+
+
+def _body(anat: Anatomy, grid: Grid) -> np.ndarray:
+    """Axial cross-section of the body (constant along z): fat, muscle, intercostal layer, cavity."""
+    a = grid.axis()
+    x, y = a[:, None], a[None, :]
+    section = np.full((grid.size, grid.size), Tissue.AIR, dtype=np.uint8)
+    pleura = 1.0
+    section[anat.layer_q(x, y, pleura + anat.rib + anat.muscle + anat.fat) <= 1] = Tissue.FAT
+    section[anat.layer_q(x, y, pleura + anat.rib + anat.muscle) <= 1] = Tissue.MUSCLE
+    # paraspinal muscles bulge the back wall
+    sx, sy = anat.spine_centre()
+    for side in (-1, 1):
+        para = ((x - sx - side * 27) / 22) ** 2 + ((y - sy + 42) / 24) ** 2 <= 1
+        section[para & (section != Tissue.AIR)] = Tissue.MUSCLE
+    section[anat.cavity_q(x, y) <= 1] = Tissue.MEDIASTINUM
+    return section
+
+
+def _abdomen(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray, cavity: np.ndarray) -> None:
+    """Diaphragm (5 mm of muscle) and, below it, liver on the right and other abdominal soft tissue."""
+    anat = v.anatomy
+    zd = anat.diaphragm_z(x, y)  # (n, n, 1)
+    liver = (x - anat.cx) > -30 + 0.25 * (y - anat.cy)
+    below = cavity & (z < zd)
+    v.tissue[below] = Tissue.MUSCLE
+    deep = cavity & (z < zd - 5.0)
+    organ = np.where(liver, Tissue.LIVER, Tissue.ABDOMEN).astype(np.uint8)  # (n, n, 1): one byte per voxel below
+    np.copyto(v.tissue, np.broadcast_to(organ, v.tissue.shape), where=deep)
+
+
+def _ribs(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
+    """Ribs in the intercostal layer (falling towards anterior), costal cartilage and sternum in front."""
+    anat = v.anatomy
+    ring = (anat.layer_q(x, y, 1.0 + anat.rib) <= 1) & (anat.cavity_q(x, y) > 1)  # (n, n)
+    ix, iy = np.nonzero(ring)
+    yv, xv = y[0, iy], x[ix, 0]
+    zz = z.reshape(1, -1)
+    dy = (yv - anat.cy + anat.cav_b)[:, None]
+    phase = (zz + 0.45 * dy - anat.rib_phase) % anat.rib_pitch
+    low = anat.z_dia_left - anat.dome_drop - 25.0
+    in_range = (zz > low) & (zz < anat.z_apex + 10.0)
+    rib = (phase < 10.0) & in_range
+    cortex = rib & ((phase < 2.0) | (phase > 8.0))
+    front = (np.abs(xv - anat.cx) < 45.0) & (yv > anat.cy)
+    sternum = ((np.abs(xv - anat.cx) < 16.0) & (yv > anat.cy))[:, None] & (zz > anat.z_dia_right - 15.0) & (
+        zz < anat.z_apex - 25.0
+    )
+    labels = np.where(cortex, Tissue.BONE, np.where(rib, Tissue.MARROW, Tissue.MUSCLE)).astype(np.uint8)
+    labels = np.where(front[:, None] & rib, Tissue.CARTILAGE, labels)
+    labels = np.where(sternum, np.where(phase < 3.0, Tissue.BONE, Tissue.MARROW), labels)
+    v.tissue[ix, iy, :] = labels
+
+
+def _spine(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
+    """Vertebral bodies with discs, spinal canal with cord, laminae, transverse and spinous processes."""
+    anat = v.anatomy
+    sx, sy = anat.spine_centre()
+    r_body = np.sqrt((x - sx) ** 2 + (y - sy) ** 2)
+    cy_canal = sy - 26.0
+    r_canal = np.sqrt((x - sx) ** 2 + (y - cy_canal) ** 2)
+    posterior = (r_canal <= 13.0) & (r_canal > 8.0)
+    posterior |= (np.abs(x - sx) < 4.0) & (y < cy_canal - 8.0) & (y > cy_canal - 40.0)
+    posterior |= (np.abs(y - cy_canal - 4.0) < 5.0) & (np.abs(x - sx) < 36.0) & (np.abs(x - sx) > 8.0)
+    zz = z.reshape(-1)
+    disc = ((zz - anat.rib_phase) % 27.0) < 5.0
+    ix, iy = np.nonzero(r_body <= 17.0)
+    cortex = (r_body[ix, iy] > 14.5)[:, None]
+    v.tissue[ix, iy, :] = np.where(disc[None, :], Tissue.DISC, np.where(cortex, Tissue.BONE, Tissue.MARROW))
+    px, py = np.nonzero(posterior)
+    v.tissue[px, py, :] = Tissue.BONE
+    px, py = np.nonzero(r_canal <= 8.0)
+    v.tissue[px, py, :] = Tissue.CORD
+
+
+def _lungs(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
+    """Lung parenchyma with lobes and fissures."""
+    anat = v.anatomy
+    inside = anat.lung_region(x, y, z)
+    v.lobe_region = anat.lobe_of(x, y, z, inside=inside)
+    v.tissue[inside] = Tissue.LUNG
+    half = 0.7  # a fissure is a ~1.4 mm sheet: one voxel at 1.25 mm, a broken line at coarser spacings
+    v.tissue[anat.fissures(x, y, z, v.lobe_region, half)] = Tissue.FISSURE
+
+
+def _heart(v: Volumes) -> None:
+    """Heart ellipsoid on the diaphragm, wrapped in pericardial fat."""
+    anat, grid = v.anatomy, v.grid
+    reach = np.array([anat.heart_rx, anat.heart_ry, anat.heart_rz]) + 4.0
+    centre = np.array([anat.heart_x, anat.heart_y, anat.heart_z])
+    box = grid.index_box(centre - reach, centre + reach)
+    if box is None:
+        return
+    x, y, z = grid.box_coords(box)
+    above = z > anat.diaphragm_z(x, y) - 2.0
+    sub = v.tissue[box]
+    fat = (anat.heart_q(x, y, z, grow=2.5) <= 1) & above & ~_LUNGISH[sub] & _NOT_BONE[sub]
+    sub[fat] = Tissue.PERICARDIAL_FAT
+    sub[(anat.heart_q(x, y, z) <= 1) & above & _NOT_BONE[sub]] = Tissue.HEART
+
+
+def carve(v: Volumes, seg: Segment, margin: float) -> None:
+    """Turn the lung within ``margin`` mm of a central tube into mediastinum (the tube lies outside the lung)."""
+    hit = tube_distance(v.grid, np.array(seg.p0), np.array(seg.p1), max(seg.r0, seg.r1) + margin)
+    if hit is None:
+        return
+    box, dist, t = hit
+    sub = v.tissue[box]
+    sub[(dist <= _segment_radius(seg, t) + margin) & _LUNGISH[sub]] = Tissue.MEDIASTINUM
+
+
+def paint_tube(
+    v: Volumes, seg: Segment, label: Tissue, allowed: np.ndarray, min_radius: float = 0.0
+) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """Paint ``label`` where a tube covers tissue that ``allowed`` (a tissue LUT) permits; returns its mask."""
+    r_max = max(seg.r0, seg.r1, min_radius)
+    hit = tube_distance(v.grid, np.array(seg.p0), np.array(seg.p1), r_max)
+    if hit is None:
+        return None
+    box, dist, t = hit
+    sub = v.tissue[box]
+    mask = (dist <= np.maximum(_segment_radius(seg, t), min_radius)) & allowed[sub]
+    sub[mask] = label
+    return box, mask
+
+
+def _airway(v: Volumes, segs: list[Segment]) -> None:
+    """Airway lumen (air) with a wall of soft tissue; central airways lie in the mediastinum, the rest in lung."""
+    # tubes thinner than about a voxel would fall between voxel centres and break the tree apart at coarse sizes
+    min_r = 0.6 * v.grid.spacing
+    for seg in segs:
+        wall = max(1.0, 0.18 * max(seg.r0, seg.r1))
+        outer = Segment(seg.p0, seg.p1, max(seg.r0, min_r) + wall, max(seg.r1, min_r) + wall, seg.central)
+        allowed = _NOT_BONE & ~lut(Tissue.AIRWAY_LUMEN) if seg.central else _PERIPHERAL_OK
+        paint_tube(v, outer, Tissue.AIRWAY_WALL, allowed)
+        hit = paint_tube(v, seg, Tissue.AIRWAY_LUMEN, lut(Tissue.AIRWAY_WALL, Tissue.AIRWAY_LUMEN) | allowed, min_r)
+        if hit is not None:
+            box, mask = hit
+            v.airway[box] |= mask
+
+
+def _vessels(v: Volumes, segs: list[Segment]) -> None:
+    """Pulmonary arteries and veins: blood-density tubes, the vessel label where they are drawn."""
+    min_r = 0.5 * v.grid.spacing
+    for seg in segs:
+        allowed = _CENTRAL_VESSEL_OK if seg.central else _PERIPHERAL_OK
+        hit = paint_tube(v, seg, Tissue.PULM_VESSEL, allowed, min_r)
+        if hit is not None:
+            box, mask = hit
+            v.vessel[box] |= mask
+
+
+def build_volumes(anat: Anatomy, trees: Trees, grid: Grid) -> Volumes:
+    """Paint a normal subject on ``grid``."""
+    x, y, z = grid.coords()
+    section = _body(anat, grid)
+    tissue = np.empty(grid.shape, dtype=np.uint8)
+    tissue[:] = section[:, :, None]
+    v = Volumes(grid, anat, tissue, np.zeros(grid.shape, np.uint8), np.zeros(grid.shape, bool),
+                np.zeros(grid.shape, bool))
+    cavity = (section == Tissue.MEDIASTINUM)[:, :, None]
+    x2, y2 = x[:, :, 0], y[:, :, 0]
+    _abdomen(v, x, y, z, cavity)
+    _lungs(v, x, y, z)
+    _ribs(v, x2, y2, z)
+    _spine(v, x2, y2, z)
+    _heart(v)
+    central = [s for s in trees.airway + trees.artery + trees.vein if s.central]
+    for seg in central:
+        carve(v, seg, 2.5)
+    for seg in trees.aorta + trees.oesophagus:
+        carve(v, seg, 3.0)
+    for seg in trees.aorta:
+        paint_tube(v, seg, Tissue.BLOOD, _CENTRAL_VESSEL_OK)
+    for seg in trees.oesophagus:
+        paint_tube(v, seg, Tissue.MUSCLE, _CENTRAL_VESSEL_OK)
+    _vessels(v, trees.artery + trees.vein)
+    _airway(v, trees.airway)
+    return v
+
+
+def finalise_airway(v: Volumes) -> np.ndarray:
+    """Airway label: drawn lumen still air, largest 26-connected component; stray lumen bits become lung."""
+    lumen = v.airway & (v.tissue == Tissue.AIRWAY_LUMEN)
+    keep = largest_component(lumen)
+    stray = lumen & ~keep
+    v.tissue[stray & (v.lobe_region > 0)] = Tissue.LUNG
+    v.tissue[stray & (v.lobe_region == 0)] = Tissue.MEDIASTINUM
+    return keep

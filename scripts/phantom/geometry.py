@@ -1,0 +1,150 @@
+"""The phantom's voxel grid and the drawing primitives that work on it (tubes, spheres, smooth noise).
+
+Everything is defined in millimetres in RAS world coordinates (x towards the patient's right, y anterior,
+z superior) with the centre of the volume at the origin, so a structure looks the same at every array size;
+only the sampling changes. Arrays are indexed (x, y, z).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+FOV_MM = 320.0  # fixed physical field of view: 256³ → 1.25 mm voxels, 64³ → 5 mm
+MIN_SIZE = 32
+MAX_SIZE = 512
+
+
+def check_size(size: int) -> int:
+    """Return ``size`` if it is a valid phantom edge length, else raise a one-line ValueError naming the fix."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise ValueError(f"size must be an integer multiple of 8 between {MIN_SIZE} and {MAX_SIZE}, got {size!r}")
+    if size % 8 or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(
+            f"size must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE} (e.g. 64 or 256), got {size}"
+        )
+    return int(size)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An isotropic cubic grid of ``size``³ voxels covering ``FOV_MM`` centred on the world origin."""
+
+    size: int
+
+    @property
+    def spacing(self) -> float:
+        return FOV_MM / self.size
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, self.size)
+
+    @property
+    def origin(self) -> float:
+        """World coordinate (mm) of voxel index 0 along every axis (voxel centres, as in ``ras_affine``)."""
+        return -self.spacing * (self.size - 1) / 2.0
+
+    def axis(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """World coordinates (float32, mm) of voxel centres ``lo..hi-1`` along one axis."""
+        hi = self.size if hi is None else hi
+        return (self.origin + self.spacing * np.arange(lo, hi)).astype(np.float32)
+
+    def coords(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Broadcastable x (n,1,1), y (1,n,1), z (1,1,n) world coordinates of the whole grid."""
+        a = self.axis()
+        return a[:, None, None], a[None, :, None], a[None, None, :]
+
+    def index_box(self, lo_mm: np.ndarray, hi_mm: np.ndarray) -> tuple[slice, slice, slice] | None:
+        """Index slices of the voxels whose centres can lie in the world box [lo_mm, hi_mm]; None if empty."""
+        lo = np.maximum(np.floor((np.asarray(lo_mm) - self.origin) / self.spacing).astype(int), 0)
+        hi = np.minimum(np.ceil((np.asarray(hi_mm) - self.origin) / self.spacing).astype(int) + 1, self.size)
+        if np.any(hi <= lo):
+            return None
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+    def box_coords(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Broadcastable world coordinates of the voxels inside an index box."""
+        ax = [self.axis(s.start, s.stop) for s in box]
+        return ax[0][:, None, None], ax[1][None, :, None], ax[2][None, None, :]
+
+    def voxel_of(self, point_mm: np.ndarray) -> tuple[int, int, int]:
+        """Index of the voxel whose centre is nearest to a world point (clipped to the grid)."""
+        idx = np.rint((np.asarray(point_mm, dtype=np.float64) - self.origin) / self.spacing).astype(int)
+        return tuple(int(i) for i in np.clip(idx, 0, self.size - 1))  # type: ignore[return-value]
+
+
+def tube_distance(
+    grid: Grid, p0: np.ndarray, p1: np.ndarray, reach: float
+) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray] | None:
+    """Distance from the voxels near segment p0→p1 to the segment, inside the segment's bounding box only.
+
+    Drawing a tree segment by segment over the whole volume would cost O(volume) per segment; restricting each
+    to its own box keeps a 256³ tree to a fraction of a second.
+
+    Args:
+        grid: the voxel grid.
+        p0, p1: segment end points (mm).
+        reach: largest radius that will be asked of the result (mm); sets the box margin.
+
+    Returns:
+        (index box, distance in mm, position along the segment t in [0, 1]) or None when the box is empty.
+    """
+    p0 = np.asarray(p0, dtype=np.float32)
+    p1 = np.asarray(p1, dtype=np.float32)
+    box = grid.index_box(np.minimum(p0, p1) - reach, np.maximum(p0, p1) + reach)
+    if box is None:
+        return None
+    x, y, z = grid.box_coords(box)
+    d = p1 - p0
+    length2 = float(d @ d) or 1e-12
+    rx, ry, rz = x - p0[0], y - p0[1], z - p0[2]
+    t = np.clip((rx * d[0] + ry * d[1] + rz * d[2]) / length2, 0.0, 1.0)
+    dist = np.sqrt((rx - t * d[0]) ** 2 + (ry - t * d[1]) ** 2 + (rz - t * d[2]) ** 2)
+    return box, dist, t
+
+
+def sphere_box(
+    grid: Grid, centre: np.ndarray, radius: float
+) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """Index box around a sphere and the distance (mm) of its voxels to the centre."""
+    c = np.asarray(centre, dtype=np.float32)
+    box = grid.index_box(c - radius, c + radius)
+    if box is None:
+        return None
+    x, y, z = grid.box_coords(box)
+    return box, np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
+
+
+def smooth_noise(shape: tuple[int, ...], spacing: float, cell_mm: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-variance smooth random field (float32) with features about ``cell_mm`` across.
+
+    White noise on a coarse lattice of ``cell_mm`` is interpolated linearly to the voxel grid: far cheaper than
+    filtering full-resolution noise, and the feature size stays the same in mm at every array size.
+    """
+    coarse_shape = tuple(max(2, int(np.ceil(n * spacing / cell_mm)) + 1) for n in shape)
+    coarse = rng.standard_normal(coarse_shape).astype(np.float32)
+    field = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse_shape)], order=1, grid_mode=False)
+    field = field[tuple(slice(0, n) for n in shape)]
+    if field.shape != tuple(shape):  # zoom may round one short; pad by edge values
+        field = np.pad(field, [(0, n - f) for n, f in zip(shape, field.shape)], mode="edge")
+    field -= field.mean()
+    std = float(field.std())
+    return field / std if std > 0 else field
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 26-connected component of a boolean mask (labelled inside its bounding box only)."""
+    if not mask.any():
+        return mask
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    out = np.zeros_like(mask)
+    out[box] = labels == int(sizes.argmax())
+    return out
