@@ -1,0 +1,98 @@
+"""Command line: ``python -m scripts.evaluation {run,measure,agreement} ...`` (``--help`` on each).
+
+``run`` is what ``python -m monai.bundle run evaluate --config_file configs/evaluate.json`` calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from scripts.evaluation.anatomy_measures import BACKENDS, MEASURES, measure_ct
+from scripts.evaluation.run import DEFAULT_PARTS, PARTS, run_evaluation
+
+
+def _run(args: argparse.Namespace) -> None:
+    out = run_evaluation(
+        args.output_dir, args.parts, args.synthetic_dir, args.synthetic_glob, args.real_datalist, args.real_split,
+        args.training_split, args.max_volumes, args.medicalnet_resnet50_weights, args.resnet50_2d_weights,
+        args.large_files, args.feature_size, args.slice_step, args.backend, args.adherence_dir, args.prompt_pairs,
+        args.adherence_num, args.segmentation_dir, args.agreement_num, args.agreement_size,
+        random_weights=args.random_weights, overwrite=args.overwrite, progress=not args.quiet,
+    )
+    print(f"wrote {out['paths']['markdown']} and {out['paths']['json']}")
+
+
+def _measure(args: argparse.Namespace) -> None:
+    from scripts.data.io import read_nifti
+    from scripts.evaluation.data import read_ct
+
+    ct, spacing = read_ct(args.ct)
+    masks = {k: read_nifti(getattr(args, k))[0] for k in ("lobe", "airway") if getattr(args, k)}
+    print(json.dumps(measure_ct(ct, spacing, masks, args.measures, args.backend), indent=2))
+
+
+def _agreement(args: argparse.Namespace) -> None:
+    from scripts.evaluation.agreement import agreement_markdown, phantom_agreement
+
+    result = phantom_agreement(args.num, args.size, args.seed, args.findings, args.backend, progress=not args.quiet)
+    print(agreement_markdown(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m scripts.evaluation", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run evaluation parts and write report.md / report.json / figures")
+    run.add_argument("--output_dir", required=True)
+    run.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), choices=PARTS)
+    run.add_argument("--synthetic_dir")
+    run.add_argument("--synthetic_glob", default="**/*ct.nii.gz")
+    run.add_argument("--real_datalist")
+    run.add_argument("--real_split", default="validation")
+    run.add_argument("--training_split", default="training")
+    run.add_argument("--max_volumes", type=int)
+    run.add_argument("--medicalnet_resnet50_weights")
+    run.add_argument("--resnet50_2d_weights")
+    run.add_argument("--large_files")
+    run.add_argument("--feature_size", type=int)
+    run.add_argument("--slice_step", type=int, default=4)
+    run.add_argument("--backend", default="classical", choices=sorted(BACKENDS))
+    run.add_argument("--adherence_dir")
+    run.add_argument("--prompt_pairs")
+    run.add_argument("--adherence_num", type=int, default=32)
+    run.add_argument("--segmentation_dir")
+    run.add_argument("--agreement_num", type=int, default=20)
+    run.add_argument("--agreement_size", type=int, default=64)
+    run.add_argument("--random_weights", action="store_true", help="random feature networks: smoke tests only")
+    run.add_argument("--overwrite", action="store_true")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=_run)
+
+    measure = sub.add_parser("measure", help="anatomy measures of one CT (JSON to stdout)")
+    measure.add_argument("ct")
+    measure.add_argument("--lobe", help="lobe label map to use instead of segmenting the lungs")
+    measure.add_argument("--airway", help="airway mask to use instead of segmenting it")
+    measure.add_argument("--measures", nargs="+", choices=sorted(MEASURES))
+    measure.add_argument("--backend", default="classical", choices=sorted(BACKENDS))
+    measure.set_defaults(func=_measure)
+
+    agree = sub.add_parser("agreement", help="classical measures against phantom truth (Markdown table)")
+    agree.add_argument("--num", type=int, default=20)
+    agree.add_argument("--size", type=int, default=64)
+    agree.add_argument("--seed", type=int, default=0)
+    agree.add_argument("--findings")
+    agree.add_argument("--backend", default="classical", choices=sorted(BACKENDS))
+    agree.add_argument("--quiet", action="store_true")
+    agree.set_defaults(func=_agreement)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

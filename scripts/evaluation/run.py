@@ -1,0 +1,236 @@
+"""The evaluation command: run the selected parts on generated and real volumes, write report and figures.
+
+Parts (``PARTS``): ``measures`` (anatomy measures of every synthetic and real volume), ``fid`` (3D MedicalNet FID
+and MMD), ``fid_2p5d`` (MAISI's 2.5D FID), ``memorisation`` (audit against the training split), ``adherence``
+(prompt-pair study on a folder of generated volumes with prompt sidecars), ``segmentation`` (Dice of predicted masks
+against the datalist's masks), ``agreement`` (classical measures against the phantom's truth).
+Volumes are streamed: each is read once and every part that needs it takes what it needs.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from scripts.data.io import read_nifti
+from scripts.evaluation import (
+    adherence,
+    agreement,
+    anatomy_measures,
+    data,
+    distances,
+    features,
+    memorisation,
+    segmentation,
+)
+from scripts.evaluation.report import measures_summary, write_report
+
+PARTS = ("measures", "fid", "fid_2p5d", "memorisation", "adherence", "segmentation", "agreement")
+DEFAULT_PARTS = ("measures", "fid", "fid_2p5d", "memorisation")
+
+
+class _Collector:
+    """Per-volume work of the streamed parts: features, 2.5D features, thumbnails, measures."""
+
+    def __init__(self, net3d, net2d, thumbs: bool, measure: bool, settings: dict) -> None:
+        self.net3d, self.net2d, self.thumbs, self.measure, self.s = net3d, net2d, thumbs, measure, settings
+        self.ids: list[str] = []
+        self.f3d: list = []
+        self.f2d: dict[str, list] = {p: [] for p in features.PLANES}
+        self.thumbnails: list[np.ndarray] = []
+        self.rows: list[dict[str, float]] = []
+
+    def add(self, vid: str, ct: np.ndarray, spacing: Sequence[float]) -> None:
+        self.ids.append(vid)
+        if self.net3d is not None:
+            self.f3d.append(features.features_3d([ct], self.net3d, self.s["feature_size"], progress=False))
+        if self.net2d is not None:
+            for plane, value in features.features_2p5d([ct], self.net2d, self.s["slice_step"], progress=False).items():
+                self.f2d[plane].append(value)
+        if self.thumbs:
+            self.thumbnails.append(memorisation.thumbnail(ct))
+        if self.measure:
+            self.rows.append(anatomy_measures.measure_ct(ct, spacing, backend=self.s["backend"]))
+
+    def features3d(self) -> torch.Tensor | None:
+        return torch.cat(self.f3d) if self.f3d else None
+
+    def features2d(self) -> dict[str, torch.Tensor] | None:
+        return {p: torch.cat(v) for p, v in self.f2d.items()} if self.f2d["xy"] else None
+
+
+def _collect(items, desc: str, collector: _Collector, progress: bool) -> _Collector:
+    for vid, ct, spacing in tqdm(items, desc=desc, disable=not progress):
+        collector.add(vid, ct, spacing)
+    return collector
+
+
+def _require(value, name: str, part: str) -> None:
+    if not value:
+        raise ValueError(f"part {part!r} needs {name} (config key / --{name})")
+
+
+def run_evaluation(
+    output_dir: str | Path,
+    parts: Sequence[str] = DEFAULT_PARTS,
+    synthetic_dir: str | Path | None = None,
+    synthetic_glob: str = "**/*ct.nii.gz",
+    real_datalist: str | Path | None = None,
+    real_split: str = "validation",
+    training_split: str = "training",
+    max_volumes: int | None = None,
+    medicalnet_weights: str | Path | None = None,
+    resnet2d_weights: str | Path | None = None,
+    large_files: str | Path | None = None,
+    feature_size: int | None = None,
+    slice_step: int = 4,
+    backend: str = "classical",
+    adherence_dir: str | Path | None = None,
+    prompt_pairs: str | Path | None = None,
+    adherence_num: int = 32,
+    segmentation_dir: str | Path | None = None,
+    agreement_num: int = 20,
+    agreement_size: int = 64,
+    random_weights: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Run the selected parts and write ``report.md``, ``report.json`` and figures into ``output_dir``.
+
+    Args:
+        output_dir: where the report and figures go (existing files are kept unless ``overwrite``).
+        parts: some of :data:`PARTS`.
+        synthetic_dir, synthetic_glob: generated CT files (``measures``, ``fid``, ``fid_2p5d``, ``memorisation``).
+        real_datalist, real_split, training_split: real volumes; ``real_split`` for the distances, measures and
+            segmentation references, ``training_split`` for the memorisation audit.
+        max_volumes: read at most this many volumes per set (quick runs).
+        medicalnet_weights, resnet2d_weights, large_files: weights (see :mod:`scripts.evaluation.features`).
+        feature_size: resize volumes to this edge before the 3D network (None: as they are).
+        slice_step: keep every n-th slice for the 2.5D FID.
+        backend: anatomy measure backend (``classical`` or ``totalsegmentator``).
+        adherence_dir, prompt_pairs, adherence_num: the prompt study (pairs file: default the paper's three).
+        segmentation_dir: predictions ``<dir>/<with_report|without_report>/<case id>/<mask>.nii.gz``.
+        agreement_num, agreement_size: phantom cases for the ``agreement`` part.
+        random_weights: random feature networks (smoke tests only: the distances are then meaningless).
+        overwrite: replace an existing report.
+        progress: progress bars.
+    """
+    parts = list(dict.fromkeys(parts))
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; expected some of {PARTS}")
+    output_dir = Path(output_dir)
+    for name in ("report.md", "report.json"):
+        if (output_dir / name).exists() and not overwrite:
+            raise FileExistsError(f"{output_dir / name} already exists; pass overwrite=True (CLI: --overwrite)")
+    streamed = [p for p in parts if p in ("measures", "fid", "fid_2p5d", "memorisation")]
+    for part in streamed:
+        _require(synthetic_dir, "synthetic_dir", part)
+    for part in streamed + [p for p in parts if p == "segmentation"]:
+        _require(real_datalist, "real_datalist", part)
+    if "adherence" in parts:
+        _require(adherence_dir, "adherence_dir", "adherence")
+    if "segmentation" in parts:
+        _require(segmentation_dir, "segmentation_dir", "segmentation")
+    settings = {"feature_size": feature_size, "slice_step": slice_step, "backend": backend}
+    # networks first, so missing weights fail before any long loop
+    net3d = net2d = None
+    if "fid" in parts or "memorisation" in parts:
+        try:
+            net3d = features.medicalnet_resnet50(medicalnet_weights, large_files, random_weights)
+        except features.MissingWeightsError:
+            if "fid" in parts:
+                raise
+    if "fid_2p5d" in parts:
+        net2d = features.resnet50_2d(resnet2d_weights, large_files, random_weights)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net3d = net3d.to(device) if net3d is not None else None
+    net2d = net2d.to(device) if net2d is not None else None
+    results: dict[str, dict] = {}
+    started = time.time()
+
+    if streamed:
+        synth = _collect(
+            data.iter_synthetic(synthetic_dir, synthetic_glob, max_volumes), "synthetic volumes",
+            _Collector(net3d if ("fid" in parts or "memorisation" in parts) else None, net2d,
+                       "memorisation" in parts, "measures" in parts, settings), progress,
+        )
+        need_real = [p for p in streamed if p != "memorisation"]
+        real = None
+        if need_real:
+            real = _collect(
+                data.iter_real(real_datalist, real_split, max_volumes), f"real volumes ({real_split})",
+                _Collector(net3d if "fid" in parts else None, net2d, False, "measures" in parts, settings), progress,
+            )
+        if "measures" in parts:
+            results["measures"] = {
+                "backend": backend,
+                "summary": {"synthetic": measures_summary(synth.rows), "real": measures_summary(real.rows)},
+                "volumes": {"synthetic": dict(zip(synth.ids, synth.rows)), "real": dict(zip(real.ids, real.rows))},
+            }
+        if "fid" in parts or "fid_2p5d" in parts:
+            out: dict = {"network": "MedicalNet ResNet-50" + (" (random weights)" if random_weights else ""),
+                         "n_synthetic": len(synth.ids), "n_real": len(real.ids), "notes": []}
+            if "fid" in parts:
+                out["fid"] = distances.fid(synth.features3d(), real.features3d())
+                mmd = distances.mmd(synth.features3d(), real.features3d())
+                out["mmd"] = mmd["mmd"]
+                if mmd["n"] < max(len(synth.ids), len(real.ids)):
+                    out["notes"].append(f"MMD on {mmd['n']} volumes per set (the larger set subsampled, seed 0).")
+            if "fid_2p5d" in parts:
+                out["fid_2p5d"] = distances.fid_2p5d(synth.features2d(), real.features2d())
+                out["notes"].append(f"2.5D FID on every {slice_step}th slice per plane.")
+            results["distances"] = out
+        if "memorisation" in parts:
+            train = _collect(
+                data.iter_real(real_datalist, training_split, max_volumes), f"training volumes ({training_split})",
+                _Collector(net3d, None, True, False, settings), progress,
+            )
+            audit = memorisation.audit(
+                synth.thumbnails, train.thumbnails, synth.ids, train.ids,
+                synth.features3d(), train.features3d(), progress=False,
+            )
+            figure = memorisation.audit_figure(audit, output_dir / "memorisation_closest.png", overwrite=overwrite)
+            audit["figures"] = [figure]
+            audit["criteria"] = ["ncc"] + (["feature_distance"] if net3d is not None else [])
+            results["memorisation"] = audit
+
+    if "adherence" in parts:
+        pairs = adherence.load_pairs(prompt_pairs)
+        study = adherence.run_study(
+            pairs, adherence.folder_generator(adherence_dir), adherence_num,
+            measure=lambda ct, sp, measures: anatomy_measures.measure_ct(ct, sp, measures=measures, backend=backend),
+            progress=progress,
+        )
+        figure = adherence.study_boxplot(study, output_dir / "adherence_boxplot.png", overwrite=overwrite)
+        results["adherence"] = {"pairs": study, "figures": [figure]}
+
+    if "segmentation" in parts:
+        cases = []
+        for item in data.datalist_items(real_datalist, real_split, max_volumes):
+            masks = {k: read_nifti(item[k])[0] for k in ("lobe", "airway", "vessel") if k in item}
+            cases.append({"id": item["id"], **masks})
+        conditions = segmentation.folder_conditions(segmentation_dir)
+        results["segmentation"] = segmentation.run_segmentation_study(
+            cases, segmentation.folder_predictor(segmentation_dir), conditions, progress
+        )
+
+    if "agreement" in parts:
+        results["agreement"] = agreement.phantom_agreement(
+            agreement_num, agreement_size, backend=backend, progress=progress
+        )
+
+    header = {
+        "parts": ", ".join(parts),
+        "synthetic": f"{synthetic_dir} ({synthetic_glob})" if synthetic_dir else "—",
+        "real": f"{real_datalist} ({real_split}; training split {training_split})" if real_datalist else "—",
+        "time": f"{time.time() - started:.1f} s on {platform.node() or 'this machine'}",
+    }
+    paths = write_report(results, output_dir, header, overwrite)
+    return {"results": results, "paths": paths}
