@@ -132,6 +132,8 @@ class NaNGuard:
 
     def __call__(self, engine: Engine) -> None:
         loss = self.read_loss(engine.state.output)
+        if isinstance(loss, (tuple, list)):  # from_engine gives a 1-tuple for a dict output (decollate=False)
+            loss = loss[0]
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(value):
             raise FloatingPointError(

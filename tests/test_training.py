@@ -1,0 +1,240 @@
+"""The training configs end to end on a tiny phantom: both stages train, checkpoint, preview and export; a fixed
+batch is overfitted; a SIGKILLed run resumes exactly; bad settings fail before training; the multi-GPU overlay runs with
+torchrun on two CPU processes (gloo).
+
+Every run uses the ``tiny`` preset on a 32³ phantom (low-res 8³, super-resolution crops 8×16×16) with one torch thread
+(two threads on two busy cores are several times slower). One phantom and one text-embedding cache serve all tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from scripts.engines import (
+    ConfigError,
+    fill_embedding_cache,
+    latest_checkpoint,
+    list_checkpoints,
+    load_exported,
+    load_split,
+)
+from scripts.phantom import write_dataset
+from scripts.text import ReportEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "configs" / "train.json")
+TRAIN_SR = str(ROOT / "configs" / "train_sr.json")
+MULTI_GPU = str(ROOT / "configs" / "multi_gpu_train.json")
+META = str(ROOT / "configs" / "metadata.json")
+LOGGING = str(ROOT / "configs" / "logging.conf")
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> dict:
+    """A 3-case 32³ phantom (2 training, 1 validation) and the text cache of its reports, made once."""
+    root = tmp_path_factory.mktemp("training_data")
+    datalist = write_dataset(root / "phantom", num=3, size=32, seed=0, val_fraction=0.34)
+    cache_dir = root / "text_cache"
+    items = [load_split(datalist, None, section) for section in ("training", "validation")]
+    fill_embedding_cache(ReportEncoder("minilm", device="cpu"), cache_dir, items)
+    return {"datalist": str(datalist), "text_cache_dir": str(cache_dir), "root": root}
+
+
+def overrides(shared: dict, output_dir: Path, stage: str = "lowres", **more) -> dict:
+    """Settings of a fast CPU test run (tiny preset, 32³ phantom, one thread), plus ``more``."""
+    settings = {
+        "datalist": shared["datalist"],
+        "output_dir": str(output_dir),
+        "preset": "tiny",
+        "spacing": None,
+        "size": 32,
+        "batch_size": 1,
+        "accumulation_steps": 1,
+        "num_threads": 1,
+        "max_epochs": 1,
+        "val_interval": 100,
+        "preview_interval": 100,
+        "preview_steps": 2,
+        "save_interval": 100,
+    }
+    if stage == "lowres":
+        settings.update({"text_cache_dir": shared["text_cache_dir"], "network_overrides": {"context_dim": 384}})
+    else:
+        settings["crop_size"] = [8, 16, 16]
+    settings.update(more)
+    return settings
+
+
+def workflow(config_file: str | list[str], settings: dict) -> ConfigWorkflow:
+    """An initialized workflow of a training config (what ``monai.bundle run training`` builds)."""
+    wf = ConfigWorkflow(config_file=config_file, meta_file=META, logging_file=False, run_id="training", **settings)
+    wf.initialize()
+    return wf
+
+
+def cli(config_file: str, settings: dict) -> list[str]:
+    """The ``python -m monai.bundle run training`` command line of ``settings``."""
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", META, "--config_file", config_file,
+            "--logging_file", LOGGING]
+    for key, value in settings.items():
+        args += [f"--{key}", repr(value) if not isinstance(value, str) else value]
+    return args
+
+
+def quiet_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+
+
+def causes(error: BaseException) -> str:
+    """All messages of an exception chain (MONAI wraps config errors in RuntimeError)."""
+    messages = []
+    while error is not None:
+        messages.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+def test_stage1_trains_checkpoints_previews_and_exports(shared, tmp_path):
+    settings = overrides(shared, tmp_path, max_epochs=2, save_interval=2, n_saved=1, val_interval=4,
+                         preview_interval=4)
+    wf = workflow(TRAIN, settings)
+    wf.run()
+    wf.finalize()
+
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint_4.pt"]  # last one kept
+    state = torch.load(latest_checkpoint(tmp_path / "checkpoints"), weights_only=True)
+    assert {"network", "ema", "optimizer", "lr_scheduler", "trainer", "rng"} <= set(state)
+    assert state["trainer"]["iteration"] == 4
+    assert (tmp_path / "previews" / "lowres_0000004.png").stat().st_size > 1000
+    assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    network, meta = load_exported(tmp_path / "lowres_ema.json")
+    assert meta["stage"] == "lowres" and meta["iteration"] == 4 and meta["text_encoder"]["hidden_size"] == 384
+    ema = wf.parser.get_parsed_content("ema").model
+    torch.testing.assert_close(network.state_dict(), ema.state_dict())
+    assert wf.parser.get_parsed_content("validate#evaluator").state.metrics["val_loss"] > 0
+
+
+def test_stage2_trains_on_crops_and_exports(shared, tmp_path):
+    settings = overrides(shared, tmp_path, stage="sr", max_epochs=1, save_interval=1, val_interval=2,
+                         preview_interval=2)
+    wf = workflow(TRAIN_SR, settings)
+    batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
+    assert tuple(batch["image"].shape) == (1, 4, 8, 16, 16)
+    wf.run()
+    wf.finalize()
+
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint_1.pt", "checkpoint_2.pt"]
+    assert (tmp_path / "previews" / "sr_0000002.png").is_file()
+    network, meta = load_exported(tmp_path / "sr_ema.json")
+    assert meta["stage"] == "sr" and network.in_channels == 8 and meta["ema_decay"] == 0.995
+
+
+def test_loss_decreases_when_overfitting_one_batch(shared, tmp_path):
+    """50 iterations on one fixed case: the seeded validation loss (same t and noise each time) must fall."""
+    one = json.loads(Path(shared["datalist"]).read_text())["training"][:1]
+    root = Path(shared["datalist"]).parent
+    for item in one:
+        item.update({k: str(root / item[k]) for k in ("image", "lobe", "airway", "vessel", "report_file", "truth")})
+    datalist = tmp_path / "one.json"
+    datalist.write_text(json.dumps({"training": one, "validation": one}))
+    settings = overrides(shared, tmp_path, datalist=str(datalist), max_epochs=50, lr=2e-3, text_drop_prob=0.0,
+                         val_interval=50)
+    wf = workflow(TRAIN, settings)
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    evaluator.run()
+    before = evaluator.state.metrics["val_loss"]
+    wf.run()
+    after = evaluator.state.metrics["val_loss"]
+    assert after < 0.6 * before, (before, after)
+
+
+def test_sigkill_then_rerun_resumes_from_the_saved_iteration(shared, tmp_path):
+    settings = overrides(shared, tmp_path, max_epochs=3, save_interval=2, n_saved=5)
+    process = subprocess.Popen(cli(TRAIN, settings), cwd=ROOT, env=quiet_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while latest_checkpoint(tmp_path / "checkpoints") is None:
+            assert process.poll() is None, f"training exited early:\n{process.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    saved_path = latest_checkpoint(tmp_path / "checkpoints")
+    saved = torch.load(saved_path, weights_only=True)
+    assert saved["trainer"]["iteration"] < 6, "the first run finished before it could be killed"
+
+    wf = workflow(TRAIN, settings)  # the same command again
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    optimizer = wf.parser.get_parsed_content("optimizer")
+    for index in range(len(wf.parser["training"]) - 1):  # attach the loader and saver as the config does
+        wf.parser.get_parsed_content(f"training#{index}")
+    at_start = {}
+
+    @trainer.on(Events.STARTED)
+    def record(engine):  # runs after the checkpoint loader (attached before it)
+        at_start["iteration"] = engine.state.iteration
+        at_start["optimizer"] = copy.deepcopy(optimizer.state_dict())
+
+    trainer.run()
+    assert at_start["iteration"] == saved["trainer"]["iteration"]
+    torch.testing.assert_close(at_start["optimizer"]["state"], saved["optimizer"]["state"])
+    assert at_start["optimizer"]["param_groups"] == saved["optimizer"]["param_groups"]
+    assert trainer.state.iteration == 6
+    final = torch.load(latest_checkpoint(tmp_path / "checkpoints"), weights_only=True)
+    assert final["trainer"]["iteration"] == 6
+
+
+@pytest.mark.parametrize(
+    "config, change, message",
+    [
+        (TRAIN_SR, {"preset": "huge"}, "config 'preset': unknown network preset 'huge'"),
+        (TRAIN_SR, {"batch_size": 3, "accumulation_steps": 2}, "config 'batch_size': 3 is not divisible"),
+        (TRAIN_SR, {"crop_size": [8, 12, 16]}, "config 'crop_size'"),
+        (TRAIN, {"network_overrides": {}}, "context_dim 32 differs from the text encoder"),
+        (TRAIN, {"datalist": "MISSING_KEYS"}, "missing key 'lobe'"),
+    ],
+)
+def test_config_errors_fail_before_training(shared, tmp_path, config, change, message):
+    stage = "sr" if config == TRAIN_SR else "lowres"
+    settings = overrides(shared, tmp_path, stage=stage, **change)
+    if settings["datalist"] == "MISSING_KEYS":
+        datalist = json.loads(Path(shared["datalist"]).read_text())
+        del datalist["training"][0]["lobe"]
+        settings["datalist"] = str(tmp_path / "bad.json")
+        settings["dataset_dir"] = str(Path(shared["datalist"]).parent)
+        Path(settings["datalist"]).write_text(json.dumps(datalist))
+    with pytest.raises((ConfigError, RuntimeError)) as raised:
+        workflow(config, settings)
+    assert message in causes(raised.value)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_multi_gpu_overlay_with_torchrun_on_two_cpu_processes(shared, tmp_path):
+    settings = overrides(shared, tmp_path, batch_size=2, max_epochs=2, save_interval=2, val_interval=2,
+                         preview_interval=2)
+    command = cli(f"['{TRAIN}','{MULTI_GPU}']", settings)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *command[1:]]
+    result = subprocess.run(command, cwd=ROOT, env=quiet_env(), capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert "rank 0: weights identical on all 2 ranks" in log and "rank 1: weights identical on all 2 ranks" in log
+    checkpoint = torch.load(latest_checkpoint(tmp_path / "checkpoints"), weights_only=True)
+    assert checkpoint["trainer"]["iteration"] == 2  # 2 cases over 2 ranks: one iteration per epoch
+    assert not any(key.startswith("module.") for key in checkpoint["network"])
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 logs alone
