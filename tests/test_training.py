@@ -22,12 +22,13 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+from scripts.networks import load_network
+
 from scripts.engines import (
     ConfigError,
     fill_embedding_cache,
     latest_checkpoint,
     list_checkpoints,
-    load_exported,
     load_split,
 )
 from scripts.phantom import write_dataset
@@ -58,7 +59,7 @@ def overrides(shared: dict, output_dir: Path, stage: str = "lowres", **more) -> 
         "datalist": shared["datalist"],
         "output_dir": str(output_dir),
         "preset": "tiny",
-        "spacing": None,
+        "spacing": [10.0, 10.0, 10.0],  # the 32³ phantom's own grid (320 mm field of view)
         "size": 32,
         "batch_size": 1,
         "accumulation_steps": 1,
@@ -119,8 +120,10 @@ def test_stage1_trains_checkpoints_previews_and_exports(shared, tmp_path):
     assert state["trainer"]["iteration"] == 4
     assert (tmp_path / "previews" / "lowres_0000004.png").stat().st_size > 1000
     assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    network, meta = load_exported(tmp_path / "lowres_ema.json")
-    assert meta["stage"] == "lowres" and meta["iteration"] == 4 and meta["text_encoder"]["hidden_size"] == 384
+    network, meta = load_network(tmp_path / "lowres_ema.pt", "lowres")  # what inference loads
+    assert meta["iteration"] == 4 and meta["text_encoder"] == "minilm"
+    assert meta["text_encoder_info"]["hidden_size"] == 384
+    assert meta["data"]["size"] == 32 and meta["data"]["spacing"] == [10.0, 10.0, 10.0]  # phantom 32³ over 320 mm
     ema = wf.parser.get_parsed_content("ema").model
     torch.testing.assert_close(network.state_dict(), ema.state_dict())
     assert wf.parser.get_parsed_content("validate#evaluator").state.metrics["val_loss"] > 0
@@ -137,8 +140,8 @@ def test_stage2_trains_on_crops_and_exports(shared, tmp_path):
 
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint_1.pt", "checkpoint_2.pt"]
     assert (tmp_path / "previews" / "sr_0000002.png").is_file()
-    network, meta = load_exported(tmp_path / "sr_ema.json")
-    assert meta["stage"] == "sr" and network.in_channels == 8 and meta["ema_decay"] == 0.995
+    network, meta = load_network(tmp_path / "sr_ema.pt", "sr")
+    assert network.in_channels == 8 and meta["ema_decay"] == 0.995
 
 
 def test_loss_decreases_when_overfitting_one_batch(shared, tmp_path):
@@ -238,3 +241,19 @@ def test_multi_gpu_overlay_with_torchrun_on_two_cpu_processes(shared, tmp_path):
     assert checkpoint["trainer"]["iteration"] == 2  # 2 cases over 2 ranks: one iteration per epoch
     assert not any(key.startswith("module.") for key in checkpoint["network"])
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 logs alone
+
+
+def test_exported_weights_run_inference_end_to_end(shared, tmp_path):
+    """What training exports is what inference loads: the model grid and the text encoder come with the weights."""
+    from scripts.inference.workflow import InferenceRunner
+
+    for config, stage in ((TRAIN, "lowres"), (TRAIN_SR, "sr")):
+        wf = workflow(config, overrides(shared, tmp_path / stage, stage=stage, max_epochs=1))
+        wf.run()
+        wf.finalize()
+    runner = InferenceRunner(tmp_path / "lowres" / "lowres_ema.pt", tmp_path / "sr" / "sr_ema.pt", tmp_path / "out",
+                             steps_lowres=2, steps_sr=1, device="cpu", progress=False)
+    (paths,) = runner.generate(prompt="Findings: Small left pleural effusion. Impression: Left effusion.")
+    ct = __import__("nibabel").load(str(paths["ct"]))
+    assert ct.shape == (32, 32, 32)
+    assert tuple(round(float(z), 3) for z in ct.header.get_zooms()) == (10.0, 10.0, 10.0)

@@ -24,5 +24,5 @@ from scripts.engines.distributed import (
     wrap_ddp,
 )
 from scripts.engines.evaluation import ReseedEachRun, TrainerIteration
-from scripts.engines.export import ExportEMA, checkpoint_items, encoder_description, export_weights, load_exported
+from scripts.engines.export import ExportEMA, checkpoint_items, encoder_description, export_weights
 from scripts.engines.preview import SamplePreview, network_to_ras

@@ -1,11 +1,13 @@
-"""Inference weights at the end of training: the EMA network's state dict and a JSON describing it.
+"""Inference weights at the end of training: the EMA network in the bundle's weights format.
 
-Files, written atomically into the run's ``output_dir`` (``<stage>`` is ``lowres`` or ``sr``)::
+Files, written atomically into the run's ``output_dir`` (``<stage>`` is ``lowres`` or ``sr``), in the format of
+:mod:`scripts.networks.weights` that inference loads (``--lowres_weights`` / ``--sr_weights``)::
 
-    <stage>_ema.pt     torch.save of the EMA network's state_dict (float32 tensors, no "module." prefix)
-    <stage>_ema.json   {"format", "stage", "preset", "network": MedSynUNet kwargs, "text_encoder", "iteration", ...}
+    <stage>_ema.pt     the EMA network's state dict (float32, no "module." prefix)
+    <stage>_ema.json   {"stage", "network": MedSynUNet kwargs, "preset", "text_encoder" (name for ReportEncoder),
+                        "text_encoder_info", "data" (model grid: spacing, size, size_mode), "iteration", ...}
 
-Load them with :func:`load_exported`: ``MedSynUNet(**meta["network"])`` then ``load_state_dict(strict=True)``.
+Load them with :func:`scripts.networks.load_network`.
 """
 
 from __future__ import annotations
@@ -18,16 +20,15 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.data.io import atomic_path, write_json
+from scripts.networks.weights import description_path, save_network
 
 logger = logging.getLogger(__name__)
-
-EXPORT_FORMAT = "medsyn-monai-weights/1"
 
 
 def export_paths(output_dir: str | os.PathLike, stage: str) -> tuple[Path, Path]:
     """``(<output_dir>/<stage>_ema.pt, <output_dir>/<stage>_ema.json)``."""
-    return Path(output_dir) / f"{stage}_ema.pt", Path(output_dir) / f"{stage}_ema.json"
+    weights = Path(output_dir) / f"{stage}_ema.pt"
+    return weights, description_path(weights)
 
 
 def export_weights(
@@ -36,7 +37,9 @@ def export_weights(
     stage: str,
     preset: str,
     iteration: int,
-    text_encoder: dict[str, Any] | None = None,
+    text_encoder: str | None = None,
+    text_encoder_info: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``network``'s weights and description (see the module docstring); returns the two paths.
@@ -47,45 +50,20 @@ def export_weights(
         stage: ``lowres`` or ``sr``.
         preset: the preset the network was built from (recorded; ``network`` holds the exact kwargs).
         iteration: the trainer iteration of these weights.
-        text_encoder: for stage 1, the encoder the network was trained with (``model_id``, ``hidden_size``, ...).
+        text_encoder: for stage 1, the encoder name or folder the features came from (``ReportEncoder`` argument).
+        text_encoder_info: its details (``model_id``, ``hidden_size``, ...), from :func:`encoder_description`.
+        data: the model grid of the training data (``spacing``, ``size``, ``size_mode``), which inference reuses.
         extra: more fields for the JSON (e.g. EMA decay).
     """
     network = getattr(network, "module", network)
     weights, meta_path = export_paths(output_dir, stage)
-    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in network.state_dict().items()}
-    with atomic_path(weights, overwrite=True) as tmp:
-        torch.save(state, tmp)
-    meta = {
-        "format": EXPORT_FORMAT,
-        "stage": stage,
-        "preset": preset,
-        "network": network.config,
-        "text_encoder": text_encoder,
-        "iteration": int(iteration),
-        "weights": weights.name,
-        **(extra or {}),
-    }
-    write_json(meta_path, meta, overwrite=True)
+    save_network(
+        weights, network, network.config, stage, overwrite=True,  # the newest export of this run replaces the last
+        preset=preset, text_encoder=text_encoder, text_encoder_info=text_encoder_info, data=data,
+        iteration=int(iteration), **(extra or {}),
+    )
     logger.info(f"exported EMA weights of iteration {iteration}: {weights} and {meta_path.name}")
     return weights, meta_path
-
-
-def load_exported(
-    meta_path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, dict]:
-    """Rebuild an exported network: returns ``(MedSynUNet with the weights loaded strictly, meta dict)``."""
-    import json
-
-    from scripts.networks import MedSynUNet
-
-    meta_path = Path(meta_path)
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {EXPORT_FORMAT!r}")
-    network = MedSynUNet(**meta["network"])
-    state = torch.load(meta_path.parent / meta["weights"], map_location=map_location, weights_only=True)
-    network.load_state_dict(state, strict=True)
-    return network, meta
 
 
 class ExportEMA:
@@ -93,21 +71,31 @@ class ExportEMA:
 
     Args:
         ema: the ``EMAHandler`` (its ``model`` is exported).
-        output_dir, stage, preset, text_encoder: as in :func:`export_weights`.
+        output_dir, stage, preset, text_encoder, text_encoder_info, data: as in :func:`export_weights`.
     """
 
-    def __init__(self, ema: Any, output_dir: str | os.PathLike, stage: str, preset: str,
-                 text_encoder: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        ema: Any,
+        output_dir: str | os.PathLike,
+        stage: str,
+        preset: str,
+        text_encoder: str | None = None,
+        text_encoder_info: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
         self.ema, self.output_dir, self.stage, self.preset = ema, output_dir, stage, preset
-        self.text_encoder = text_encoder
+        self.text_encoder, self.text_encoder_info, self.data = text_encoder, text_encoder_info, data
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        extra = {"ema_decay": self.ema.decay, "ema_start_iteration": self.ema.start_iteration}
-        export_weights(self.ema.model, self.output_dir, self.stage, self.preset, engine.state.iteration,
-                       self.text_encoder, extra)
+        export_weights(
+            self.ema.model, self.output_dir, self.stage, self.preset, engine.state.iteration, self.text_encoder,
+            self.text_encoder_info, self.data,
+            {"ema_decay": self.ema.decay, "ema_start_iteration": self.ema.start_iteration},
+        )
 
 
 def encoder_description(cache: Any) -> dict[str, Any] | None:
@@ -142,12 +130,4 @@ def checkpoint_items(
     return items
 
 
-__all__ = [
-    "EXPORT_FORMAT",
-    "ExportEMA",
-    "checkpoint_items",
-    "encoder_description",
-    "export_paths",
-    "export_weights",
-    "load_exported",
-]
+__all__ = ["ExportEMA", "checkpoint_items", "encoder_description", "export_paths", "export_weights"]
