@@ -15,16 +15,14 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from scripts.data.io import atomic_path, write_json
 from scripts.text.encoder import ReportEncoder
 from scripts.text.reports import encoding_text
 
@@ -44,17 +42,6 @@ def cache_key(encoder: ReportEncoder) -> str:
     """Folder name for one encoder's embeddings: model id and token settings, filesystem-safe."""
     model = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder.model_id)
     return f"{model}_t{encoder.max_tokens}_c{encoder.context_tokens}"
-
-
-def _atomic_write(path: Path, write) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class EmbeddingCache:
@@ -110,7 +97,7 @@ class EmbeddingCache:
             "context_tokens": self.encoder.context_tokens,
             "dtype": str(self.dtype).replace("torch.", ""),
         }
-        _atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2), encoding="utf-8"))
+        write_json(meta, info, overwrite=True)
 
     def get(self, texts: str | bytes | Sequence[str | bytes]) -> torch.Tensor:
         """Embeddings of reports, encoding and storing only those not yet cached.
@@ -147,6 +134,7 @@ class EmbeddingCache:
             self._write_meta()
             encoded = self.encoder.encode_prepared([cleaned[i] for i in missing]).to("cpu", self.dtype)
             for i, value in zip(missing, encoded):
-                _atomic_write(paths[i], lambda tmp, v=value: torch.save(v.clone(), tmp))
+                with atomic_path(paths[i], overwrite=True) as tmp:  # a damaged file is replaced by a fresh one
+                    torch.save(value.clone(), tmp)
                 found[paths[i]] = value.float()
         return torch.stack([found[path] for path in paths])
