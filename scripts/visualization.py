@@ -15,7 +15,9 @@ matplotlib.use("Agg")  # headless: never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
+from scripts.conventions import LOBE_LABELS  # noqa: E402
 from scripts.data.io import atomic_path  # noqa: E402
 
 LUNG_WINDOW = (-1350.0, 150.0)  # HU shown from black to white (level -600, width 1500)
@@ -84,9 +86,18 @@ def montage(
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(label, color="white", fontsize=10)
+    if masks:
+        handles = []
+        if "lobe" in masks:
+            handles += [Patch(color=_LOBE_COLOURS[i, :3], label=name) for i, name in LOBE_LABELS.items()]
+        handles += [Patch(color=_MASK_COLOURS[name][:3], label=name) for name in _MASK_COLOURS if name in masks]
+        fig.legend(
+            handles=handles, loc="lower center", ncol=len(handles), frameon=False, labelcolor="white", fontsize=8
+        )
     if title:
-        fig.suptitle(title if len(title) < 110 else title[:107] + "...", color="white", fontsize=9)
-    fig.tight_layout()
+        lines = [line if len(line) < 130 else line[:127] + "..." for line in title.splitlines()[:2]]
+        fig.suptitle("\n".join(lines), color="white", fontsize=9)
+    fig.tight_layout(rect=(0, 0.04 if masks else 0, 1, 0.95 if title else 1))
     return fig
 
 
@@ -95,7 +106,8 @@ def save_montage(path: str | os.PathLike, ct_hu: np.ndarray, overwrite: bool = F
     fig = montage(ct_hu, **kwargs)
     try:
         with atomic_path(path, overwrite) as tmp:
-            fig.savefig(tmp, format="png", dpi=100, facecolor=fig.get_facecolor())
+            # no metadata: the same volume gives the same bytes
+            fig.savefig(tmp, format="png", dpi=100, facecolor=fig.get_facecolor(), metadata={"Software": None})
     finally:
         plt.close(fig)
 
