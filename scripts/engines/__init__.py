@@ -1,7 +1,13 @@
 """Training pieces MONAI and Ignite lack: EMA weights, gradient clipping, a NaN stop, atomic resumable checkpoints,
 and the data, checks, previews and exports of the diffusion training configs."""
 
-from scripts.engines.checkpoint import AtomicCheckpointSaver, ResumeFromLatest, RNGState, latest_checkpoint, list_checkpoints
+from scripts.engines.checkpoint import (
+    AtomicCheckpointSaver,
+    ResumeFromLatest,
+    RNGState,
+    latest_checkpoint,
+    list_checkpoints,
+)
 from scripts.engines.handlers import EMAHandler, GradientClipHandler, NaNGuard, optimizer_steps_now
 
 # the pieces the training configs (configs/train.json, train_sr.json, multi_gpu_train.json) wire together

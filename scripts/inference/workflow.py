@@ -100,7 +100,9 @@ class InferenceRunner:
     def _load(self) -> None:
         """Load both networks and derive the model grid from the low-res weights' description."""
         lowres, self.lowres_info = load_network(self.lowres_weights, "lowres", self.device or "cpu", WEIGHTS_HINT)
-        sr, self.sr_info = (None, {}) if not self.sr_weights else load_network(self.sr_weights, "sr", "cpu", WEIGHTS_HINT)
+        sr, self.sr_info = None, {}
+        if self.sr_weights:
+            sr, self.sr_info = load_network(self.sr_weights, "sr", "cpu", WEIGHTS_HINT)
         self.weights = {"lowres": str(self.lowres_weights), "sr": str(self.sr_weights) if sr is not None else None}
         data = self.lowres_info.get("data", {})
         self.size = int(data.get("size", 64 * LOWRES_FACTOR))

@@ -50,7 +50,11 @@ class SampleWriter:
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, spacing: tuple[float, float, float], overwrite: bool = False, png: bool = True
+        self,
+        output_dir: str | os.PathLike,
+        spacing: tuple[float, float, float],
+        overwrite: bool = False,
+        png: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.spacing = tuple(float(s) for s in spacing)
@@ -101,7 +105,9 @@ class SampleWriter:
         if self.png:
             title = str(metadata.get("prompt") or "no report")
             masks = {name: arrays[name] for name in CHANNELS[1:]}
-            save_montage(paths["png"], arrays["ct"], overwrite=self.overwrite, masks=masks, spacing=spacing, title=title)
+            save_montage(
+                paths["png"], arrays["ct"], overwrite=self.overwrite, masks=masks, spacing=spacing, title=title
+            )
             logger.info(f"wrote {paths['png']}")
         sidecar = {
             "id": sample_id,
