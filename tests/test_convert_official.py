@@ -25,14 +25,7 @@ REFERENCE_DIR = Path(os.environ.get("MEDSYN_REFERENCE_DIR", REPO.parent / "share
 TINY_OFFICIAL = dict(dim=8, cond_dim=32, dim_mults=(1, 2, 4, 8), channels=4, attn_heads=2, resnet_groups=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: one thread is fastest and, on shared CPUs, avoids threads spinning against
-    other processes (which made the same tests 100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference(name: str) -> Path:

@@ -10,14 +10,7 @@ from scripts.networks import PRESETS, MedSynUNet, build_network, parameter_count
 TIME = torch.tensor([500.0, 20.0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: one thread is fastest and, on shared CPUs, avoids threads spinning against
-    other processes (which made the same tests 100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(net: MedSynUNet, batch: int = 2, d: int = 4, hw: int = 16, seed: int = 0) -> torch.Tensor:
