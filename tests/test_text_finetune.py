@@ -170,3 +170,17 @@ def test_bundle_config_trains_20_steps_resumes_and_exports(tmp_path, tiny_folder
     resumed.run()
     assert steps == list(range(21, 41)) and trainer.state.epoch == 2  # continued from iteration 20, not restarted
     resumed.finalize()
+
+
+def test_swaps_take_an_impression_with_different_content(tokenizer):
+    """A rewording of the report's own Impression is no negative example: swaps pick different content."""
+    reports = [
+        "Findings: Fluid in the right pleural space. Impression: No pleural effusion on the left.",
+        "Findings: Clear lungs. Impression: No left pleural effusion.",  # same words, other order
+        "Findings: Enlarged heart. Impression: Cardiomegaly with enlarged cardiac silhouette.",
+    ]
+    data = PairedSectionDataset(reports, tokenizer, max_length=48, seed=0, swap_probability=1.0)
+    partners = {data._swap_partner(0, np.random.default_rng(seed)) for seed in range(30)}
+    assert partners == {2}
+    with pytest.raises(ValueError, match="max_overlap"):
+        PairedSectionDataset(reports, tokenizer, max_overlap=0.0)

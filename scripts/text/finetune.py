@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -130,6 +131,10 @@ def mask_tokens(
     return masked, labels
 
 
+SWAP_TRIES = 20  # random partners tried per swap before the least similar one is taken
+_WORD = re.compile(r"[a-z0-9]+")
+
+
 class PairedSectionDataset(Dataset):
     """Reports as (Findings, Impression) pairs, half of them with a foreign Impression, masked for MLM.
 
@@ -139,6 +144,9 @@ class PairedSectionDataset(Dataset):
         max_length: tokens per sample, padded and truncated (longest part first).
         mlm_probability: share of tokens chosen for masked-language modelling.
         swap_probability: share of samples whose Impression is swapped with another report's.
+        max_overlap: a swapped-in Impression should share less than this fraction of words (Jaccard) with the
+            report's own, so that "unpaired" means different content rather than a rewording ("No effusion." vs
+            "No pleural effusion."), which no model can detect; up to ``SWAP_TRIES`` partners are drawn.
         seed: random seed.
         fixed: True to draw the same swap and masking for an index every time (held-out evaluation); False to draw
             afresh at each access from one generator (training; use ``num_workers=0`` to keep runs reproducible).
@@ -156,6 +164,7 @@ class PairedSectionDataset(Dataset):
         swap_probability: float = 0.5,
         seed: int = 0,
         fixed: bool = False,
+        max_overlap: float = 0.5,
     ) -> None:
         pairs = [section_pair(report) for report in reports]
         self.pairs = [pair for pair in pairs if pair is not None]
@@ -166,6 +175,10 @@ class PairedSectionDataset(Dataset):
         if len(distinct) < 2:
             raise ReportError(f"need reports with at least two different Impressions to swap, got {len(distinct)}")
         self._keys = np.array([distinct.index(key) for key in keys])
+        self._words = [frozenset(_WORD.findall(key)) for key in keys]
+        if not 0.0 < max_overlap <= 1.0:
+            raise ValueError(f"max_overlap must be in (0, 1], got {max_overlap}")
+        self.max_overlap = max_overlap
         if not 0.0 <= swap_probability <= 1.0 or not 0.0 < mlm_probability < 1.0:
             raise ValueError(f"bad probabilities: swap {swap_probability}, mlm {mlm_probability}")
         self.tokenizer = tokenizer
@@ -187,13 +200,27 @@ class PairedSectionDataset(Dataset):
     def load_state_dict(self, state: dict) -> None:
         self._rng.bit_generator.state = state["rng"]
 
+    def _swap_partner(self, index: int, rng: np.random.Generator) -> int:
+        """A report whose Impression differs in content from ``index``'s (best of ``SWAP_TRIES`` random draws)."""
+        others = np.flatnonzero(self._keys != self._keys[index])
+        own = self._words[index]
+        best, best_overlap = -1, 2.0
+        for _ in range(SWAP_TRIES):
+            candidate = int(rng.choice(others))
+            words = self._words[candidate]
+            overlap = len(own & words) / max(len(own | words), 1)
+            if overlap < best_overlap:
+                best, best_overlap = candidate, overlap
+            if overlap < self.max_overlap:
+                break
+        return best
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index]) if self.fixed else self._rng
         first, second = self.pairs[index]
         paired = rng.random() >= self.swap_probability
         if not paired:
-            others = np.flatnonzero(self._keys != self._keys[index])
-            second = self.pairs[int(rng.choice(others))][1]
+            second = self.pairs[self._swap_partner(index, rng)][1]
         encoded = self.tokenizer(
             first,
             second,
