@@ -68,7 +68,7 @@ def convert(checkpoint: Path, stage: str, out: Path, overwrite: bool = False) ->
     model = from_official_state_dict(state_dict, stage, **official_kwargs)
     metadata: dict[str, Any] = {
         "converted_from": "official MedSyn checkpoint",
-        "official_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in official_kwargs.items()},
+        "official_kwargs": official_kwargs,
         "source": str(source),
         "ema": source.name == EMA_FILE,
         "num_parameters": sum(p.numel() for p in model.parameters()),

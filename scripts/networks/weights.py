@@ -54,16 +54,12 @@ def save_network(
     taken = [p for p in (path, description_path(path)) if p.exists()]
     if taken and not overwrite:  # checked for both files before writing either
         raise OutputExistsError(f"{taken[0]} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    info = {"stage": stage, "network": _jsonable(network_config), **description}
+    info = {"stage": stage, "network": dict(network_config), **description}  # JSON writes tuples as lists
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     with atomic_path(path, overwrite=True) as tmp:
         torch.save(state, tmp)
     write_json(description_path(path), info, overwrite=True)
     return path
-
-
-def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
 def read_description(path: str | os.PathLike, stage: str | None = None, hint: str = "") -> dict[str, Any]:
