@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test lint bundle clean
+.PHONY: demo test lint format bundle clean
+
+LINT_STAMP := $(VENV)/.lint-installed
+CODE := scripts tests benchmarks .ci
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +24,23 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+$(LINT_STAMP): $(STAMP) requirements-lint.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-lint.txt
+	touch $(LINT_STAMP)
+
+# the model zoo's code-style checks: black, isort, flake8 (settings in pyproject.toml and setup.cfg), JSON format
+lint: $(LINT_STAMP)
+	$(PY) -m black --check --diff --quiet $(CODE)
+	$(PY) -m isort --check-only --diff $(CODE)
+	$(PY) -m flake8 $(CODE)
+	$(PY) .ci/check_json.py configs models
+
+# rewrite the code and configs in that style
+format: $(LINT_STAMP)
+	$(PY) -m black --quiet $(CODE)
+	$(PY) -m isort --quiet $(CODE)
+	$(PY) .ci/check_json.py --fix configs models
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -43,9 +43,17 @@ def build(name: str) -> torch.nn.Module:
     levels = len(MONAI_CHANNELS)
     attention = (True,) * levels if name == "monai_attn_all" else (False,) * (levels - 1) + (True,)
     return DiffusionModelUNet(
-        spatial_dims=3, in_channels=CHANNELS, out_channels=CHANNELS, num_res_blocks=2, channels=MONAI_CHANNELS,
-        attention_levels=attention, norm_num_groups=8, num_head_channels=[min(c, 32) for c in MONAI_CHANNELS],
-        with_conditioning=True, cross_attention_dim=TEXT_DIM, use_flash_attention=True,
+        spatial_dims=3,
+        in_channels=CHANNELS,
+        out_channels=CHANNELS,
+        num_res_blocks=2,
+        channels=MONAI_CHANNELS,
+        attention_levels=attention,
+        norm_num_groups=8,
+        num_head_channels=[min(c, 32) for c in MONAI_CHANNELS],
+        with_conditioning=True,
+        cross_attention_dim=TEXT_DIM,
+        use_flash_attention=True,
     )
 
 
@@ -103,17 +111,35 @@ def run_case(name: str, size: int, device_name: str, warmup: int, reps: int) -> 
     train_s = _timed(train, device, reps)
     train_peak = _peak_bytes(device)
     return {
-        "network": name, "size": size, "device": device_name, "threads": torch.get_num_threads(),
+        "network": name,
+        "size": size,
+        "device": device_name,
+        "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in net.parameters()),
-        "train_step_s": round(train_s, 3), "sample_step_s": round(sample_s, 3),
-        "train_peak_gb": round(train_peak / 2**30, 3), "sample_peak_gb": round(sample_peak / 2**30, 3),
+        "train_step_s": round(train_s, 3),
+        "sample_step_s": round(sample_s, 3),
+        "train_peak_gb": round(train_peak / 2**30, 3),
+        "sample_peak_gb": round(sample_peak / 2**30, 3),
         "baseline_gb": round(base / 2**30, 3),  # CPU: resident memory before the first step (model, inputs)
     }
 
 
 def _child(args: argparse.Namespace, name: str, size: int, device: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_networks", "--case", name, str(size), device,
-           "--warmup", str(args.warmup), "--reps", str(args.reps), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_networks",
+        "--case",
+        name,
+        str(size),
+        device,
+        "--warmup",
+        str(args.warmup),
+        "--reps",
+        str(args.reps),
+        "--threads",
+        str(args.threads),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
     except subprocess.TimeoutExpired:
@@ -126,8 +152,10 @@ def _child(args: argparse.Namespace, name: str, size: int, device: str) -> dict:
 
 def _table(results: list[dict]) -> str:
     """Markdown table; "Δ" columns are the peak minus the memory held before the first step (model, inputs)."""
-    head = ("| network | params | size | device | train step (s) | train peak / Δ (GB) | sample step (s) "
-            "| sample peak / Δ (GB) |")
+    head = (
+        "| network | params | size | device | train step (s) | train peak / Δ (GB) | sample step (s) "
+        "| sample peak / Δ (GB) |"
+    )
     lines = [head, "|" + "---|" * 8]
     for r in results:
         if "error" in r:
@@ -144,8 +172,11 @@ def _table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="no warm-up, one repetition, attention-at-every-level MONAI only at 32³ (< 2 min on CPU)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="no warm-up, one repetition, attention-at-every-level MONAI only at 32³ (< 2 min on CPU)",
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -177,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(_table(results[-1:]).splitlines()[-1], flush=True)
     report = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                   f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "command": "python -m benchmarks.bench_networks " + " ".join(sys.argv[1:] if argv is None else argv),
         "results": results,
     }

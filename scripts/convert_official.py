@@ -92,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     kind = "EMA weights" if meta["ema"] else "weights"
-    print(f"read {kind} from {meta['source']}; wrote {args.out} and {args.out.with_suffix('.json')} "
-          f"({meta['num_parameters']:,} parameters, {meta['stage']})")
+    print(
+        f"read {kind} from {meta['source']}; wrote {args.out} and {args.out.with_suffix('.json')} "
+        f"({meta['num_parameters']:,} parameters, {meta['stage']})"
+    )
     return 0
 
 

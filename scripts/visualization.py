@@ -23,8 +23,14 @@ from scripts.data.io import atomic_path  # noqa: E402
 LUNG_WINDOW = (-1350.0, 150.0)  # HU shown from black to white (level -600, width 1500)
 # one RGBA colour per label map value; lobes use five distinct hues
 _LOBE_COLOURS = np.array(
-    [[0, 0, 0, 0], [0.12, 0.47, 0.71, 0.35], [0.17, 0.63, 0.17, 0.35], [1.0, 0.5, 0.05, 0.35],
-     [0.58, 0.40, 0.74, 0.35], [0.84, 0.15, 0.16, 0.35]]
+    [
+        [0, 0, 0, 0],
+        [0.12, 0.47, 0.71, 0.35],
+        [0.17, 0.63, 0.17, 0.35],
+        [1.0, 0.5, 0.05, 0.35],
+        [0.58, 0.40, 0.74, 0.35],
+        [0.84, 0.15, 0.16, 0.35],
+    ]
 )
 _MASK_COLOURS = {"airway": (0.0, 1.0, 1.0, 0.8), "vessel": (1.0, 0.1, 0.1, 0.7)}
 

@@ -1,7 +1,12 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules, and the test session's environment."""
 
-import pytest
-import torch
+import os
+
+# tests never reach a model hub: transformers looks in local folders only (set before any test module imports it)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -185,9 +185,7 @@ def test_totalseg_in_a_separate_interpreter(monkeypatch, tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")
     (fake / "map_to_binary.py").write_text(f"class_map = {FAKE_CLASS_MAP!r}\n")
-    (fake / "python_api.py").write_text(
-        textwrap.dedent(
-            """
+    (fake / "python_api.py").write_text(textwrap.dedent("""
             import json, os
             import nibabel as nib
             import numpy as np
@@ -197,9 +195,7 @@ def test_totalseg_in_a_separate_interpreter(monkeypatch, tmp_path):
                     f.write(json.dumps(kwargs) + "\\n")
                 seg = np.full(input.shape, 2, dtype=np.uint8)
                 return nib.Nifti1Image(seg, input.affine)
-            """
-        )
-    )
+            """))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake_env"))
     monkeypatch.setenv("FAKE_TS_LOG", str(tmp_path / "log.jsonl"))
     put_weights(tmp_path / "totalseg" / "nnunet" / "results", 258, 298)

@@ -88,6 +88,7 @@ def test_second_run_does_nothing(tmp_path, side_backend):
     out = tmp_path / "out"
     first = batch.make_masks(datalist, out, backend="side", progress=False)
     assert first.count("done") == 3 and side_backend.calls == 3
+
     def stamps():  # every mask, marker and the datalist (the run summary is rewritten: it says 3 already done)
         return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != batch.SUMMARY_NAME}
 

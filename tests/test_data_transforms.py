@@ -36,7 +36,11 @@ def phantom_arrays(n: int = N) -> dict[str, np.ndarray]:
 
 
 def write_case(
-    root: Path, name: str = "case0", spacing=(1.5, 1.5, 1.5), arrays: dict | None = None, flip_x: bool = False,
+    root: Path,
+    name: str = "case0",
+    spacing=(1.5, 1.5, 1.5),
+    arrays: dict | None = None,
+    flip_x: bool = False,
     report: str = "Findings: clear lungs. Impression: normal.",
 ) -> dict:
     """Write one case's NIfTI files under ``root/name`` and return its datalist item (absolute paths).
@@ -158,9 +162,7 @@ def test_pipeline_wired_from_a_bundle_config(tmp_path):
         "imports": ["$from scripts.data.datalist import load_datalist"],
         "dataset_dir": str(tmp_path),
         "train": {
-            "datalist": (
-                f"$load_datalist('{datalist}', @dataset_dir, 'training', allow_missing_masks=True)"
-            ),
+            "datalist": (f"$load_datalist('{datalist}', @dataset_dir, 'training', allow_missing_masks=True)"),
             "preprocessing": {
                 "_target_": "scripts.data.transforms.build_preprocessing",
                 "spacing": [2.0, 2.0, 2.0],
@@ -202,7 +204,9 @@ def test_fixed_channels_land_on_the_training_grid(tmp_path):
     item = write_case(tmp_path, spacing=(1.5, 1.5, 1.5))
     grid = dict(spacing=(2.0, 2.0, 2.0), size=16)
     training = build_preprocessing(**grid, lowres=False, network_layout=False)(dict(item))
-    masks_only = build_channel_preprocessing(["lobe", "vessel"], **grid)({"lobe": item["lobe"], "vessel": item["vessel"]})
+    masks_only = build_channel_preprocessing(["lobe", "vessel"], **grid)(
+        {"lobe": item["lobe"], "vessel": item["vessel"]}
+    )
     ct_only = build_channel_preprocessing(["image"], **grid)({"image": item["image"]})
     torch.testing.assert_close(masks_only["lobe"].as_tensor(), training["image"][1:2].as_tensor())
     torch.testing.assert_close(masks_only["vessel"].as_tensor(), training["image"][3:4].as_tensor())

@@ -68,9 +68,7 @@ def test_perfect_oracle_is_reproduced_exactly_along_the_ddim_path():
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
     scheduler = ContinuousDDIMScheduler()
     path = []
-    out = ddim_sample_loop(
-        lambda x_t, timesteps: target, noise, 10, scheduler, progress=False, callback=path.append
-    )
+    out = ddim_sample_loop(lambda x_t, timesteps: target, noise, 10, scheduler, progress=False, callback=path.append)
     assert torch.equal(out, target)
     assert [int(step.next_timestep) for step in path] == list(range(900, -1, -100))
     # x_1 is pure noise, not add_noise(target, noise, 1000) (alpha_bar(1) = 1e-4 > 0): its eps direction is

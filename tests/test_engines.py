@@ -115,11 +115,16 @@ def test_gradient_clipping_caps_the_norm_only_on_step_iterations():
             engine.add_event_handler(
                 __import__("monai").engines.utils.IterationEvents.BACKWARD_COMPLETED,
                 lambda e: norms.append(
-                    (e.state.iteration, torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in e.network.parameters()])))
+                    (
+                        e.state.iteration,
+                        torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in e.network.parameters()])),
+                    )
                 ),
             )
 
-    trainer, *_ = make_trainer(None, max_epochs=1, handlers=[GradientClipHandler(1e-3), RecordNorm()], accumulation_steps=2)
+    trainer, *_ = make_trainer(
+        None, max_epochs=1, handlers=[GradientClipHandler(1e-3), RecordNorm()], accumulation_steps=2
+    )
     trainer.run()
     by_iteration = dict(norms)
     assert by_iteration[1] > 1e-3  # iteration 1 accumulates: gradients left alone

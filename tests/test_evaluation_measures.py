@@ -59,8 +59,12 @@ def test_lung_volume_on_a_normal_phantom(cases, measured):
 def test_given_masks_reproduce_the_truth_exactly(cases):
     case = generate_case(SIZE, seed=5, findings="emphysema:bilateral:moderate")
     masks = {"lobe": case.lobe, "airway": case.airway}
-    out = am.measure_ct(case.ct_hu, (case.spacing,) * 3, masks,
-                        ["lung_volume_ml", "lung_volume_ml_right", "airway_volume_mm3", "laa950_percent"])
+    out = am.measure_ct(
+        case.ct_hu,
+        (case.spacing,) * 3,
+        masks,
+        ["lung_volume_ml", "lung_volume_ml_right", "airway_volume_mm3", "laa950_percent"],
+    )
     truth = case.truth
     assert out["lung_volume_ml"] == pytest.approx(truth["lung_volume_ml"]["total"], abs=0.01)
     assert out["lung_volume_ml_right"] == pytest.approx(truth["lung_volume_ml"]["right"], abs=0.01)
@@ -106,8 +110,14 @@ def test_totalsegmentator_backend_with_a_fake_package(cases, monkeypatch, tmp_pa
     case = cases["mixed"]
     tissue, lobe = case.tissue, case.lobe
     class_map = {
-        "total": {1: "lung_upper_lobe_left", 2: "lung_lower_lobe_left", 3: "lung_upper_lobe_right",
-                  4: "lung_middle_lobe_right", 5: "lung_lower_lobe_right", 51: "heart"},
+        "total": {
+            1: "lung_upper_lobe_left",
+            2: "lung_lower_lobe_left",
+            3: "lung_upper_lobe_right",
+            4: "lung_middle_lobe_right",
+            5: "lung_lower_lobe_right",
+            51: "heart",
+        },
         "lung_vessels": {1: "lung_vessels", 2: "lung_trachea_bronchia"},
         "pleural_pericard_effusion": {1: "pleural_effusion", 2: "pericardial_effusion"},
     }
@@ -129,8 +139,11 @@ def test_totalsegmentator_backend_with_a_fake_package(cases, monkeypatch, tmp_pa
     api.totalsegmentator = totalsegmentator
     maps = types.ModuleType("totalsegmentator.map_to_binary")
     maps.class_map = class_map
-    for name, module in (("totalsegmentator", package), ("totalsegmentator.python_api", api),
-                         ("totalsegmentator.map_to_binary", maps)):
+    for name, module in (
+        ("totalsegmentator", package),
+        ("totalsegmentator.python_api", api),
+        ("totalsegmentator.map_to_binary", maps),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path))
     with pytest.raises(RuntimeError, match="weights not found"):

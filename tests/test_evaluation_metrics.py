@@ -126,7 +126,7 @@ def test_medicalnet_checkpoint_loads_strictly_with_prefixes_and_head(tmp_path, n
     torch.save(state, path)
     with pytest.raises(ValueError, match="1 missing keys"):
         features.medicalnet_resnet50(weights=path)
-    yml.write_text("large_files:\n  - name: medicalnet_resnet50\n    path: resnet_50.pth\n    hash_val: \"00\"\n")
+    yml.write_text('large_files:\n  - name: medicalnet_resnet50\n    path: resnet_50.pth\n    hash_val: "00"\n')
     with pytest.raises(ValueError, match="does not match large_files.yml"):
         features.medicalnet_resnet50(large_files=yml)
 

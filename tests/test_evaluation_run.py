@@ -21,24 +21,38 @@ def data(tmp_path_factory):
 def test_run_writes_report_json_and_figures(data):
     out = data / "report"
     result = run.run_evaluation(
-        out, ["measures", "fid", "fid_2p5d", "memorisation"], data / "synthetic",
+        out,
+        ["measures", "fid", "fid_2p5d", "memorisation"],
+        data / "synthetic",
         real_datalist=data / "real" / "datalist.json",
-        real_split="training", slice_step=16, random_weights=True, progress=False,
+        real_split="training",
+        slice_step=16,
+        random_weights=True,
+        progress=False,
     )
     report = json.loads((out / "report.json").read_text())
     assert set(report["results"]) == {"measures", "distances", "memorisation"}
     distances = report["results"]["distances"]
     assert distances["n_synthetic"] == 2 and distances["n_real"] == 3 and "random weights" in distances["network"]
     assert set(distances["fid_2p5d"]) == {"xy", "yz", "zx", "mean"}
-    assert report["results"]["measures"]["summary"]["synthetic"]["cardiothoracic_ratio"]["n"] + \
-        report["results"]["measures"]["summary"]["synthetic"]["cardiothoracic_ratio"]["missing"] == 2
+    assert (
+        report["results"]["measures"]["summary"]["synthetic"]["cardiothoracic_ratio"]["n"]
+        + report["results"]["measures"]["summary"]["synthetic"]["cardiothoracic_ratio"]["missing"]
+        == 2
+    )
     text = (out / "report.md").read_text()
     assert "## Distribution distances" in text and "memorisation_closest.png" in text
     assert (out / "memorisation_closest.png").is_file()
     assert result["paths"]["markdown"] == out / "report.md"
     with pytest.raises(FileExistsError, match="overwrite"):
-        run.run_evaluation(out, ["measures"], data / "synthetic", real_datalist=data / "real" / "datalist.json",
-                           real_split="training", progress=False)
+        run.run_evaluation(
+            out,
+            ["measures"],
+            data / "synthetic",
+            real_datalist=data / "real" / "datalist.json",
+            real_split="training",
+            progress=False,
+        )
 
 
 def test_missing_inputs_and_weights_fail_before_any_work(data, tmp_path):
@@ -49,8 +63,14 @@ def test_missing_inputs_and_weights_fail_before_any_work(data, tmp_path):
     yml = tmp_path / "large_files.yml"
     yml.write_text("large_files: []\n")
     with pytest.raises(FileNotFoundError, match="medicalnet_resnet50 weights not found"):
-        run.run_evaluation(tmp_path / "a", ["fid"], data / "synthetic", real_datalist=data / "real" / "datalist.json",
-                           large_files=yml, progress=False)
+        run.run_evaluation(
+            tmp_path / "a",
+            ["fid"],
+            data / "synthetic",
+            real_datalist=data / "real" / "datalist.json",
+            large_files=yml,
+            progress=False,
+        )
     assert not (tmp_path / "a").exists()
 
 
@@ -74,8 +94,14 @@ def test_adherence_part_on_phantoms_written_with_prompt_sidecars(tmp_path):
     from scripts.data.io import write_json, write_nifti
     from scripts.phantom import generate_case
 
-    pairs = [{"name": "effusion", "finding": "Large bilateral pleural effusions.", "negation": "No pleural effusion.",
-              "measure": "effusion_ml"}]
+    pairs = [
+        {
+            "name": "effusion",
+            "finding": "Large bilateral pleural effusions.",
+            "negation": "No pleural effusion.",
+            "measure": "effusion_ml",
+        }
+    ]
     write_json(tmp_path / "pairs.json", pairs)
     for k in range(3):
         for prompt, spec in ((pairs[0]["finding"], "effusion:bilateral:large"), (pairs[0]["negation"], "normal")):
@@ -83,8 +109,14 @@ def test_adherence_part_on_phantoms_written_with_prompt_sidecars(tmp_path):
             stem = tmp_path / "generated" / f"{spec.split(':')[0]}_{k}"
             write_nifti(f"{stem}_ct.nii.gz", case.ct_hu, case.affine, "int16")
             write_json(f"{stem}_ct.json", {"prompt": prompt, "seed": k})
-    run.run_evaluation(tmp_path / "out", ["adherence"], adherence_dir=tmp_path / "generated",
-                       prompt_pairs=tmp_path / "pairs.json", adherence_num=3, progress=False)
+    run.run_evaluation(
+        tmp_path / "out",
+        ["adherence"],
+        adherence_dir=tmp_path / "generated",
+        prompt_pairs=tmp_path / "pairs.json",
+        adherence_num=3,
+        progress=False,
+    )
     result = json.loads((tmp_path / "out" / "report.json").read_text())["results"]["adherence"]["pairs"][0]
     assert result["finding"]["mean"] > 1500 and result["negation"]["mean"] < 20
     assert result["p"] < 1e-3

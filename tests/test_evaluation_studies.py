@@ -49,20 +49,23 @@ def test_study_with_a_fake_generator_writes_table_json_and_plot(tmp_path):
     rng = np.random.default_rng(0)
 
     def generate(prompt: str, num: int, seed: int):
-        return [(np.full((4, 4, 4), 1.0 if "large" in prompt else 0.0) + rng.normal(0, 0.1), (1, 1, 1))
-                for _ in range(num)]
+        return [
+            (np.full((4, 4, 4), 1.0 if "large" in prompt else 0.0) + rng.normal(0, 0.1), (1, 1, 1)) for _ in range(num)
+        ]
 
     def measure(ct_hu, spacing, measures):
         return {measures[0]: float(ct_hu.mean())}
 
-    pairs = adherence.load_pairs([{"name": "effusion", "finding": "large effusion", "negation": "no effusion",
-                                   "measure": "effusion_ml"}])
+    pairs = adherence.load_pairs(
+        [{"name": "effusion", "finding": "large effusion", "negation": "no effusion", "measure": "effusion_ml"}]
+    )
     results = adherence.run_study(pairs, generate, num=5, seed=0, measure=measure, progress=False)
     r = results[0]
     assert r["finding"]["n"] == r["negation"]["n"] == 5
     assert r["finding"]["mean"] == pytest.approx(1.0, abs=0.15) and r["negation"]["mean"] == pytest.approx(0, abs=0.15)
-    assert r["p"] == pytest.approx(stats.ttest_ind(r["values"]["finding"], r["values"]["negation"],
-                                                   alternative="greater").pvalue)
+    assert r["p"] == pytest.approx(
+        stats.ttest_ind(r["values"]["finding"], r["values"]["negation"], alternative="greater").pvalue
+    )
     assert r["p"] < 1e-4
     table = adherence.study_markdown(results)
     assert "| effusion | effusion_ml |" in table and "finding > negation" in table
@@ -114,8 +117,17 @@ def test_segmentation_study_with_and_without_report(tmp_path):
 
     ref = np.zeros((16, 16, 16), np.uint8)
     ref[4:12, 4:12, 4:12] = 1
-    cases = [{"id": f"c{i}", "ct_hu": np.zeros_like(ref), "spacing": (1, 1, 1), "report": "text",
-              "airway": ref, "vessel": ref} for i in range(2)]
+    cases = [
+        {
+            "id": f"c{i}",
+            "ct_hu": np.zeros_like(ref),
+            "spacing": (1, 1, 1),
+            "report": "text",
+            "airway": ref,
+            "vessel": ref,
+        }
+        for i in range(2)
+    ]
 
     def segment(ct_hu, spacing, report):
         mask = ref if report else ndimage.binary_erosion(ref).astype(np.uint8)
@@ -140,8 +152,10 @@ def test_segmentation_study_with_and_without_report(tmp_path):
 # --- memorisation ------------------------------------------------------------------------------------------------
 def _blobs(n: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [(ndimage.gaussian_filter(rng.standard_normal((24, 24, 24)), 2.5) * 3000 - 500).astype(np.float32)
-            for _ in range(n)]
+    return [
+        (ndimage.gaussian_filter(rng.standard_normal((24, 24, 24)), 2.5) * 3000 - 500).astype(np.float32)
+        for _ in range(n)
+    ]
 
 
 def test_audit_flags_a_planted_copy(tmp_path):
@@ -153,8 +167,9 @@ def test_audit_flags_a_planted_copy(tmp_path):
     train_ids = [f"t{i}" for i in range(6)]
     synth_ids = [f"s{i}" for i in range(5)]
     feats = lambda vs: np.stack([memorisation.thumbnail(v, 6).ravel() for v in vs])  # noqa: E731
-    result = memorisation.audit(synthetic, training, synth_ids, train_ids, feats(synthetic), feats(training),
-                                size=16, progress=False)
+    result = memorisation.audit(
+        synthetic, training, synth_ids, train_ids, feats(synthetic), feats(training), size=16, progress=False
+    )
     assert result["flagged"] == ["s2"]
     top = result["pairs"][0]
     assert top["synthetic"] == "s2" and top["nearest_by_ncc"] == "t3" and top["nearest_by_feature"] == "t3"
@@ -176,8 +191,9 @@ def test_pipeline_generator_decodes_the_pipeline_output():
     from scripts.phantom import generate_case
 
     case = generate_case(32, seed=0, findings="normal")
-    encoded = np.stack([encode_channel(n, getattr(case, "ct_hu" if n == "ct" else n)) for n in
-                        ("ct", "lobe", "airway", "vessel")])
+    encoded = np.stack(
+        [encode_channel(n, getattr(case, "ct_hu" if n == "ct" else n)) for n in ("ct", "lobe", "airway", "vessel")]
+    )
     seeds = []
 
     def pipeline(prompt, seed):

@@ -11,9 +11,8 @@ from monai.data import load_decathlon_datalist
 from scripts.conventions import ct_to_int16_hu, decode_lobe, network_to_ras
 from scripts.data.io import OutputExistsError, ras_affine, write_nifti
 from scripts.inference import SlidingWindowNetwork, read_prompts
-from scripts.networks import save_network
 from scripts.inference.workflow import InferenceRunner
-from scripts.networks import build_network, preset_config
+from scripts.networks import build_network, preset_config, save_network
 from scripts.text.reports import ReportError
 
 SIZE = 32  # final grid 32³ (low-res 8³) keeps every test fast
@@ -28,8 +27,14 @@ def weights(tmp_path_factory):
     lowres_cfg = {**preset_config("tiny", "lowres"), "context_dim": 384}  # all-MiniLM-L6-v2 features
     sr_cfg = preset_config("tiny", "sr")
     data = {"spacing": list(SPACING), "size": SIZE, "size_mode": "pad_crop"}
-    lowres = save_network(root / "lowres.pt", build_network("tiny", "lowres", context_dim=384), lowres_cfg, "lowres",
-                          text_encoder="minilm", data=data)
+    lowres = save_network(
+        root / "lowres.pt",
+        build_network("tiny", "lowres", context_dim=384),
+        lowres_cfg,
+        "lowres",
+        text_encoder="minilm",
+        data=data,
+    )
     sr = save_network(root / "sr.pt", build_network("tiny", "sr"), sr_cfg, "sr", data=data)
     return lowres, sr
 
@@ -159,8 +164,8 @@ def test_prompt_files(tmp_path):
         read_prompts()
     with pytest.raises(ReportError, match="characters"):
         read_prompts(prompt="word " * 50_000)
+    (tmp_path / "d.json").write_text(json.dumps([""]))
     with pytest.raises(ReportError, match="item 0"):
-        (tmp_path / "d.json").write_text(json.dumps([""]))
         read_prompts(prompt_file=tmp_path / "d.json")
 
 
@@ -179,15 +184,35 @@ def test_bundle_command_runs_and_fails_in_one_line(runner, weights, tmp_path):
     import subprocess
     import sys
 
-    base = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.json",
-            "--output_dir", str(tmp_path), "--steps_lowres", "2", "--steps_sr", "2", "--sr_tile", "[16,-1,-1]"]
-    ok = subprocess.run(base + ["--lowres_weights", str(weights[0]), "--sr_weights", str(weights[1]), "--seed", "5"],
-                        capture_output=True, text=True, timeout=600)
+    base = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        "configs/inference.json",
+        "--output_dir",
+        str(tmp_path),
+        "--steps_lowres",
+        "2",
+        "--steps_sr",
+        "2",
+        "--sr_tile",
+        "[16,-1,-1]",
+    ]
+    ok = subprocess.run(
+        base + ["--lowres_weights", str(weights[0]), "--sr_weights", str(weights[1]), "--seed", "5"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "prompt_seed5_ct.nii.gz").is_file()  # the config's default report
     assert "Large right pleural effusion" in json.loads((tmp_path / "prompt_seed5.json").read_text())["prompt"]
-    missing = subprocess.run(base + ["--lowres_weights", str(tmp_path / "none.pt")], capture_output=True, text=True,
-                             timeout=600)
+    missing = subprocess.run(
+        base + ["--lowres_weights", str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=600
+    )
     assert missing.returncode != 0
     last = missing.stderr.strip().splitlines()[-1]
     assert last.startswith("medsyn inference failed: WeightsNotFoundError") and "none.pt" in last

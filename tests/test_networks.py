@@ -157,7 +157,6 @@ def test_gradient_checkpointing_gives_same_outputs_and_gradients(stage):
     assert any(g.abs().sum() > 0 for n, g in grads_a.items() if "self_attn" in n)
 
 
-
 def test_runs_under_autocast(lowres):
     # the CUDA training path uses autocast; CPU bfloat16 autocast exercises the same mixed-dtype code paths
     x, text = _inputs(lowres), _text(lowres)

@@ -48,8 +48,9 @@ def test_large_right_effusion_is_on_the_right_only_and_reported(right_effusion):
 
 
 def test_effusion_volume_grows_with_severity():
-    volumes = [generate_case(32, 5, f"effusion:left:{s}").truth["effusion_ml"]["left"]
-               for s in ("small", "moderate", "large")]
+    volumes = [
+        generate_case(32, 5, f"effusion:left:{s}").truth["effusion_ml"]["left"] for s in ("small", "moderate", "large")
+    ]
     assert volumes[0] < volumes[1] < volumes[2]
     assert EFFUSION_ML["small"][0] <= volumes[0] < EFFUSION_ML["small"][1]
 

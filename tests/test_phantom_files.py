@@ -11,15 +11,33 @@ from scripts.data.io import OutputExistsError
 from scripts.phantom import FOV_MM, FindingSpec, generate_case, write_dataset
 from scripts.phantom.__main__ import main
 
-TRUTH_KEYS = {"id", "seed", "size", "spacing_mm", "fov_mm", "findings", "effusion_ml", "cardiothoracic_ratio",
-              "laa950_percent", "lung_volume_ml", "airway_volume_mm3", "vessel_volume_ml", "heart_width_mm",
-              "thorax_width_mm", "synthetic", "generator"}
+TRUTH_KEYS = {
+    "id",
+    "seed",
+    "size",
+    "spacing_mm",
+    "fov_mm",
+    "findings",
+    "effusion_ml",
+    "cardiothoracic_ratio",
+    "laa950_percent",
+    "lung_volume_ml",
+    "airway_volume_mm3",
+    "vessel_volume_ml",
+    "heart_width_mm",
+    "thorax_width_mm",
+    "synthetic",
+    "generator",
+}
 ITEM_KEYS = {"id", "image", "lobe", "airway", "vessel", "report", "report_file", "truth"}
 
 
 def _digests(folder):
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +107,44 @@ def test_existing_output_is_refused_unless_overwrite(dataset, tmp_path):
     assert main(["--out", str(out), "--num", "1", "--size", "32", "--quiet"]) == 2
     assert _digests(out) == before
     small = tmp_path / "small"
-    assert main(["--out", str(small), "--num", "1", "--size", "32", "--seed", "1", "--quiet",
-                 "--findings", "effusion:left:large"]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(small),
+                "--num",
+                "1",
+                "--size",
+                "32",
+                "--seed",
+                "1",
+                "--quiet",
+                "--findings",
+                "effusion:left:large",
+            ]
+        )
+        == 0
+    )
     truth = json.loads((small / "case_0000/truth.json").read_text())
-    assert main(["--out", str(small), "--num", "1", "--size", "32", "--seed", "2", "--quiet", "--overwrite",
-                 "--findings", "normal"]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(small),
+                "--num",
+                "1",
+                "--size",
+                "32",
+                "--seed",
+                "2",
+                "--quiet",
+                "--overwrite",
+                "--findings",
+                "normal",
+            ]
+        )
+        == 0
+    )
     assert json.loads((small / "case_0000/truth.json").read_text())["seed"] != truth["seed"]
 
 
@@ -125,8 +176,11 @@ def test_bad_finding_spec_is_one_line_error(spec, match):
 def test_finding_spec_grammar():
     spec = FindingSpec.parse("effusion:right:large, cardiomegaly:severe, nodule:rml")
     kinds = [(f.type, f.side, f.severity, f.lobe) for f in spec.findings]
-    assert kinds == [("effusion", "right", "large", None), ("cardiomegaly", None, "large", None),
-                     ("nodule", "right", None, 4)]
+    assert kinds == [
+        ("effusion", "right", "large", None),
+        ("cardiomegaly", None, "large", None),
+        ("nodule", "right", None, 4),
+    ]
     assert FindingSpec.parse("normal").findings == () and not FindingSpec.parse("none").random
     assert FindingSpec.parse(None).random and FindingSpec.parse("random").random
 

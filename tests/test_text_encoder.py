@@ -6,9 +6,6 @@ real offline default (all-MiniLM-L6-v2).
 
 import json
 import logging
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch

@@ -4,10 +4,6 @@ The bundle-config test runs 20 training steps of a tiny random BERT on generated
 exported folder with ``ReportEncoder``.
 """
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from pathlib import Path
 
 import numpy as np

@@ -22,8 +22,6 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from scripts.networks import load_network
-
 from scripts.engines import (
     ConfigError,
     fill_embedding_cache,
@@ -31,6 +29,7 @@ from scripts.engines import (
     list_checkpoints,
     load_split,
 )
+from scripts.networks import load_network
 from scripts.phantom import write_dataset
 from scripts.text import ReportEncoder
 
@@ -87,8 +86,19 @@ def workflow(config_file: str | list[str], settings: dict) -> ConfigWorkflow:
 
 def cli(config_file: str, settings: dict) -> list[str]:
     """The ``python -m monai.bundle run training`` command line of ``settings``."""
-    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", META, "--config_file", config_file,
-            "--logging_file", LOGGING]
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--meta_file",
+        META,
+        "--config_file",
+        config_file,
+        "--logging_file",
+        LOGGING,
+    ]
     for key, value in settings.items():
         args += [f"--{key}", repr(value) if not isinstance(value, str) else value]
     return args
@@ -108,8 +118,7 @@ def causes(error: BaseException) -> str:
 
 
 def test_stage1_trains_checkpoints_previews_and_exports(shared, tmp_path):
-    settings = overrides(shared, tmp_path, max_epochs=2, save_interval=2, n_saved=1, val_interval=4,
-                         preview_interval=4)
+    settings = overrides(shared, tmp_path, max_epochs=2, save_interval=2, n_saved=1, val_interval=4, preview_interval=4)
     wf = workflow(TRAIN, settings)
     wf.run()
     wf.finalize()
@@ -130,8 +139,9 @@ def test_stage1_trains_checkpoints_previews_and_exports(shared, tmp_path):
 
 
 def test_stage2_trains_on_crops_and_exports(shared, tmp_path):
-    settings = overrides(shared, tmp_path, stage="sr", max_epochs=1, save_interval=1, val_interval=2,
-                         preview_interval=2)
+    settings = overrides(
+        shared, tmp_path, stage="sr", max_epochs=1, save_interval=1, val_interval=2, preview_interval=2
+    )
     wf = workflow(TRAIN_SR, settings)
     batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
     assert tuple(batch["image"].shape) == (1, 4, 8, 16, 16)
@@ -152,8 +162,9 @@ def test_loss_decreases_when_overfitting_one_batch(shared, tmp_path):
         item.update({k: str(root / item[k]) for k in ("image", "lobe", "airway", "vessel", "report_file", "truth")})
     datalist = tmp_path / "one.json"
     datalist.write_text(json.dumps({"training": one, "validation": one}))
-    settings = overrides(shared, tmp_path, datalist=str(datalist), max_epochs=50, lr=2e-3, text_drop_prob=0.0,
-                         val_interval=50)
+    settings = overrides(
+        shared, tmp_path, datalist=str(datalist), max_epochs=50, lr=2e-3, text_drop_prob=0.0, val_interval=50
+    )
     wf = workflow(TRAIN, settings)
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
     evaluator.run()
@@ -165,8 +176,9 @@ def test_loss_decreases_when_overfitting_one_batch(shared, tmp_path):
 
 def test_sigkill_then_rerun_resumes_from_the_saved_iteration(shared, tmp_path):
     settings = overrides(shared, tmp_path, max_epochs=3, save_interval=2, n_saved=5)
-    process = subprocess.Popen(cli(TRAIN, settings), cwd=ROOT, env=quiet_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        cli(TRAIN, settings), cwd=ROOT, env=quiet_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 300
         while latest_checkpoint(tmp_path / "checkpoints") is None:
@@ -229,8 +241,9 @@ def test_config_errors_fail_before_training(shared, tmp_path, config, change, me
 
 @pytest.mark.slow
 def test_multi_gpu_overlay_with_torchrun_on_two_cpu_processes(shared, tmp_path):
-    settings = overrides(shared, tmp_path, batch_size=2, max_epochs=2, save_interval=2, val_interval=2,
-                         preview_interval=2)
+    settings = overrides(
+        shared, tmp_path, batch_size=2, max_epochs=2, save_interval=2, val_interval=2, preview_interval=2
+    )
     command = cli(f"['{TRAIN}','{MULTI_GPU}']", settings)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *command[1:]]
     result = subprocess.run(command, cwd=ROOT, env=quiet_env(), capture_output=True, text=True, timeout=600)
@@ -251,8 +264,15 @@ def test_exported_weights_run_inference_end_to_end(shared, tmp_path):
         wf = workflow(config, overrides(shared, tmp_path / stage, stage=stage, max_epochs=1))
         wf.run()
         wf.finalize()
-    runner = InferenceRunner(tmp_path / "lowres" / "lowres_ema.pt", tmp_path / "sr" / "sr_ema.pt", tmp_path / "out",
-                             steps_lowres=2, steps_sr=1, device="cpu", progress=False)
+    runner = InferenceRunner(
+        tmp_path / "lowres" / "lowres_ema.pt",
+        tmp_path / "sr" / "sr_ema.pt",
+        tmp_path / "out",
+        steps_lowres=2,
+        steps_sr=1,
+        device="cpu",
+        progress=False,
+    )
     (paths,) = runner.generate(prompt="Findings: Small left pleural effusion. Impression: Left effusion.")
     ct = __import__("nibabel").load(str(paths["ct"]))
     assert ct.shape == (32, 32, 32)

@@ -28,21 +28,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--datalist", required=True, help="input datalist JSON")
     parser.add_argument("--dataset_dir", default=None, help="root of relative paths (default: the datalist's folder)")
     parser.add_argument("--out", required=True, help="output folder (masks, datalist.json, summary)")
-    parser.add_argument("--backend", default="auto", choices=backend_names(),
-                        help="auto: best backend whose weights are present, per structure")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=backend_names(),
+        help="auto: best backend whose weights are present, per structure",
+    )
     for structure in STRUCTURES:
-        parser.add_argument(f"--{structure}_backend", default=None, choices=backend_names(),
-                            help=f"backend for the {structure} mask only (overrides --backend)")
-    parser.add_argument("--on_error", default="skip", choices=ON_ERROR,
-                        help="skip: report failed cases and go on, fall back when weights are missing; stop: abort")
+        parser.add_argument(
+            f"--{structure}_backend",
+            default=None,
+            choices=backend_names(),
+            help=f"backend for the {structure} mask only (overrides --backend)",
+        )
+    parser.add_argument(
+        "--on_error",
+        default="skip",
+        choices=ON_ERROR,
+        help="skip: report failed cases and go on, fall back when weights are missing; stop: abort",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (keep 1 with a GPU)")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), help="datalist sections to process")
     parser.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--lungmask_weights", default=None, help="path of unet_ltrclobes-3a07043d.pth")
-    parser.add_argument("--totalseg_python", default=None,
-                        help="python of a separate environment with TotalSegmentator")
+    parser.add_argument(
+        "--totalseg_python", default=None, help="python of a separate environment with TotalSegmentator"
+    )
     parser.add_argument("--totalseg_fast", action="store_true", help="TotalSegmentator lobes from its 3 mm model")
     parser.add_argument("--no_fissures", action="store_true", help="classical lobes: anatomical planes only")
     return parser

@@ -27,10 +27,13 @@ class BackendUnavailableError(RuntimeError):
 class MissingWeightsError(FileNotFoundError):
     """The backend's weights are not on disk; the message names the missing files and where to put them."""
 
-    def __init__(self, backend: str, missing: Sequence[str | os.PathLike], fix: str) -> None:
-        self.backend = backend
-        self.missing = [str(m) for m in missing]
+    def __init__(self, backend: str, missing: Sequence[str | os.PathLike], fix: str) -> None:  # noqa: B042
+        self.backend, self.missing, self.fix = backend, [str(m) for m in missing], fix
         super().__init__(f"{backend} weights not found: {', '.join(self.missing)}; {fix}")
+
+    def __reduce__(self):
+        # the one-line message is built from three arguments: pickle (multiprocessing workers) must rebuild from them
+        return type(self), (self.backend, self.missing, self.fix)
 
 
 class Backend:
@@ -74,9 +77,7 @@ class Backend:
         """One sentence: where to put the missing weights (folder and environment variable)."""
         return ""
 
-    def _segment(
-        self, ct_hu: np.ndarray, spacing: np.ndarray, structures: Sequence[str]
-    ) -> dict[str, np.ndarray]:
+    def _segment(self, ct_hu: np.ndarray, spacing: np.ndarray, structures: Sequence[str]) -> dict[str, np.ndarray]:
         raise NotImplementedError(f"backend {self.name} does not implement _segment")
 
     def describe(self) -> dict[str, Any]:

@@ -166,8 +166,14 @@ def process_case(
         (folder / MARKER).unlink()  # the case is being redone: it is unfinished until the new marker is written
     for structure in STRUCTURES:
         data = ras_to_file(masks[structure], orientation)
-        write_nifti(folder / f"{structure}.nii.gz", data, affine, dtype="uint8", overwrite=replace,
-                    description=f"MedSyn-MONAI {structure} mask ({plan[structure].name})")
+        write_nifti(
+            folder / f"{structure}.nii.gz",
+            data,
+            affine,
+            dtype="uint8",
+            overwrite=replace,
+            description=f"MedSyn-MONAI {structure} mask ({plan[structure].name})",
+        )
     provenance = {
         "id": cid,
         "image": str(item[IMAGE_KEY]),

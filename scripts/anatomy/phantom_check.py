@@ -90,9 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         findings = args.findings if args.findings is not None else DEFAULT_FINDINGS[i % len(DEFAULT_FINDINGS)]
         row = evaluate_case(args.size, args.seed + i, findings)
         rows.append(row)
-        print(f"{row['seed']:>4} {row['lungs']:6.3f} {row['left']:6.3f} {row['right']:6.3f} {row['airway']:6.3f} "
-              f"{row['vessel']:6.3f} {row['lobes']:6.3f}  {row['findings']}  "
-              f"({', '.join(f'{k} {v:.1f}s' for k, v in row['seconds'].items())})", flush=True)
+        print(
+            f"{row['seed']:>4} {row['lungs']:6.3f} {row['left']:6.3f} {row['right']:6.3f} {row['airway']:6.3f} "
+            f"{row['vessel']:6.3f} {row['lobes']:6.3f}  {row['findings']}  "
+            f"({', '.join(f'{k} {v:.1f}s' for k, v in row['seconds'].items())})",
+            flush=True,
+        )
     keys = ("lungs", "left", "right", "airway", "vessel", "lobes")
     print("mean " + " ".join(f"{np.mean([r[k] for r in rows]):6.3f}" for k in keys))
     print("min  " + " ".join(f"{np.min([r[k] for r in rows]):6.3f}" for k in keys))

@@ -187,4 +187,3 @@ def load_datalist(
         lines = "\n".join(f"  {p}" for p in problems)
         raise DataError(f"{path}: {len(problems)} problem(s) in section '{section}' (dataset_dir {root}):\n{lines}")
     return resolved
-

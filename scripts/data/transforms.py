@@ -371,7 +371,11 @@ def _modes(keys: Sequence[str], image_mode: str) -> list[str]:
 
 def _loader(keys: Sequence[str]) -> LoadImaged:
     return LoadImaged(
-        keys, reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32,
+        keys,
+        reader="NibabelReader",
+        image_only=True,
+        ensure_channel_first=True,
+        dtype=np.float32,
         allow_missing_keys=True,
     )
 
@@ -381,7 +385,9 @@ def _model_grid(keys: Sequence[str], spacing: Sequence[float] | None) -> list[An
     transforms: list[Any] = [Orientationd(keys, axcodes="RAS", allow_missing_keys=True, labels=None)]
     if spacing is not None:
         transforms.append(
-            Spacingd(keys, pixdim=list(spacing), mode=_modes(keys, "bilinear"), dtype=np.float32, allow_missing_keys=True)
+            Spacingd(
+                keys, pixdim=list(spacing), mode=_modes(keys, "bilinear"), dtype=np.float32, allow_missing_keys=True
+            )
         )
     return transforms
 

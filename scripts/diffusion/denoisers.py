@@ -96,7 +96,9 @@ class ClassifierFreeGuidance:
             # first half conditional, second half with the context swapped for the null embedding
             drop = torch.arange(2 * batch, device=x_t.device) >= batch
             both = self.network(
-                torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), context=torch.cat([context, context]),
+                torch.cat([x_t, x_t]),
+                torch.cat([timesteps, timesteps]),
+                context=torch.cat([context, context]),
                 drop_context=drop,
             )
             cond, null = both.chunk(2)

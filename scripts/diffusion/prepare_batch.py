@@ -181,7 +181,5 @@ class SuperResolutionPrepareBatch(ContinuousDiffusionPrepareBatch):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         x_t, target, timesteps = self._noised(batchdata, device, non_blocking, **kwargs)
-        condition = degrade_for_super_resolution(
-            target, self.factor, self.max_noise, generator=self.generator
-        )
+        condition = degrade_for_super_resolution(target, self.factor, self.max_noise, generator=self.generator)
         return torch.cat([condition, x_t], dim=1), target, (timesteps,), {}

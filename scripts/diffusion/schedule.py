@@ -55,4 +55,3 @@ def get_schedule(name: str):
     if name not in ContinuousSchedules:
         raise ValueError(f"unknown schedule {name!r}; expected one of {ContinuousSchedules.names}")
     return ContinuousSchedules[name]
-

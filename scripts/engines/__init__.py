@@ -8,7 +8,6 @@ from scripts.engines.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
 )
-from scripts.engines.handlers import EMAHandler, GradientClipHandler, NaNGuard, optimizer_steps_now
 
 # the pieces the training configs (configs/train.json, train_sr.json, multi_gpu_train.json) wire together
 from scripts.engines.checks import check_context_width, check_training_config, per_process_batch, world_size
@@ -31,4 +30,5 @@ from scripts.engines.distributed import (
 )
 from scripts.engines.evaluation import ReseedEachRun, TrainerIteration
 from scripts.engines.export import ExportEMA, checkpoint_items, encoder_description, export_weights
+from scripts.engines.handlers import EMAHandler, GradientClipHandler, NaNGuard, optimizer_steps_now
 from scripts.engines.preview import SamplePreview, network_to_ras

@@ -66,8 +66,10 @@ def default_datalist(
     """
     if datalist:
         if not Path(datalist).is_file():
-            raise ConfigError(f"config 'datalist': {datalist} not found; give an existing datalist JSON or '' for the "
-                              "built-in phantom")
+            raise ConfigError(
+                f"config 'datalist': {datalist} not found; give an existing datalist JSON or '' for the "
+                "built-in phantom"
+            )
         return str(datalist)
     from scripts.phantom import write_dataset  # only needed for the default dataset
 
@@ -157,8 +159,9 @@ class AttachReportContext:
         context_key: output key.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, key: str, report_key: str = REPORT_KEY,
-                 context_key: str = CONTEXT_KEY) -> None:
+    def __init__(
+        self, cache_dir: str | os.PathLike, key: str, report_key: str = REPORT_KEY, context_key: str = CONTEXT_KEY
+    ) -> None:
         self.cache_dir, self.key = str(cache_dir), key
         self.report_key, self.context_key = report_key, context_key
         self._cache: EmbeddingCache | None = None
@@ -199,8 +202,9 @@ def lowres_transforms(
         spacing, size, size_mode, allow_missing_masks: as in :func:`scripts.data.transforms.build_preprocessing`.
         text_cache_dir, text_key: the embedding cache holding every report; None trains without text.
     """
-    steps = list(build_preprocessing(spacing, size, size_mode, lowres=True, allow_missing_masks=allow_missing_masks)
-                 .transforms)
+    steps = list(
+        build_preprocessing(spacing, size, size_mode, lowres=True, allow_missing_masks=allow_missing_masks).transforms
+    )
     steps.append(DeleteItemsd(IMAGE_KEY))  # the full-resolution volume is not needed: cache 1/64 of it
     if text_cache_dir is not None and text_key is not None:
         steps.append(AttachReportContext(text_cache_dir, text_key))
@@ -218,8 +222,10 @@ def check_crop(crop_size: Sequence[int], size: int | Sequence[int] | None = None
     if len(crop) != 3 or min(crop) < 1:
         raise ConfigError(f"config 'crop_size': expected three positive sizes (D, H, W), got {list(crop_size)}")
     if any(c % LOWRES_FACTOR for c in crop) or crop[1] % 8 or crop[2] % 8:
-        raise ConfigError(f"config 'crop_size': {crop} must be multiples of {LOWRES_FACTOR} on every axis and of 8 "
-                          "in H and W (e.g. [32, 64, 64])")
+        raise ConfigError(
+            f"config 'crop_size': {crop} must be multiples of {LOWRES_FACTOR} on every axis and of 8 "
+            "in H and W (e.g. [32, 64, 64])"
+        )
     if size is not None:
         full = [int(size)] * 3 if isinstance(size, (int, float)) else [int(s) for s in size]
         if any(c > s for c, s in zip(crop, full)):
@@ -243,8 +249,9 @@ def sr_transforms(
         random_crop: random crops (training) or the centre crop (validation: comparable numbers).
     """
     crop = check_crop(crop_size, size)
-    steps = list(build_preprocessing(spacing, size, size_mode, lowres=False, allow_missing_masks=allow_missing_masks)
-                 .transforms)
+    steps = list(
+        build_preprocessing(spacing, size, size_mode, lowres=False, allow_missing_masks=allow_missing_masks).transforms
+    )
     if random_crop:
         steps.append(RandSpatialCropd(IMAGE_KEY, roi_size=crop, random_size=False))
     else:

@@ -58,9 +58,17 @@ def export_weights(
     network = getattr(network, "module", network)
     weights, meta_path = export_paths(output_dir, stage)
     save_network(
-        weights, network, network.config, stage, overwrite=True,  # the newest export of this run replaces the last
-        preset=preset, text_encoder=text_encoder, text_encoder_info=text_encoder_info, data=data,
-        iteration=int(iteration), **(extra or {}),
+        weights,
+        network,
+        network.config,
+        stage,
+        overwrite=True,  # the newest export of this run replaces the last
+        preset=preset,
+        text_encoder=text_encoder,
+        text_encoder_info=text_encoder_info,
+        data=data,
+        iteration=int(iteration),
+        **(extra or {}),
     )
     logger.info(f"exported EMA weights of iteration {iteration}: {weights} and {meta_path.name}")
     return weights, meta_path
@@ -92,8 +100,14 @@ class ExportEMA:
 
     def __call__(self, engine: Engine) -> None:
         export_weights(
-            self.ema.model, self.output_dir, self.stage, self.preset, engine.state.iteration, self.text_encoder,
-            self.text_encoder_info, self.data,
+            self.ema.model,
+            self.output_dir,
+            self.stage,
+            self.preset,
+            engine.state.iteration,
+            self.text_encoder,
+            self.text_encoder_info,
+            self.data,
             {"ema_decay": self.ema.decay, "ema_start_iteration": self.ema.start_iteration},
         )
 
@@ -103,10 +117,13 @@ def encoder_description(cache: Any) -> dict[str, Any] | None:
     if cache is None:
         return None
     encoder = cache.encoder
-    return {"model_id": encoder.model_id, "hidden_size": encoder.hidden_size, "max_tokens": encoder.max_tokens,
-            "context_tokens": encoder.context_tokens, "cache_key": cache.key}
-
-
+    return {
+        "model_id": encoder.model_id,
+        "hidden_size": encoder.hidden_size,
+        "max_tokens": encoder.max_tokens,
+        "context_tokens": encoder.context_tokens,
+        "cache_key": cache.key,
+    }
 
 
 def checkpoint_items(

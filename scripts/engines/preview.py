@@ -39,8 +39,9 @@ STAGES = ("lowres", "sr")
 
 def network_to_ras(volume: np.ndarray) -> np.ndarray:
     """A (D, H, W) array in the networks' layout ``NETWORK_AXCODES`` as an (x, y, z) RAS array (a view)."""
-    transform = orientations.ornt_transform(orientations.axcodes2ornt(NETWORK_AXCODES),
-                                            orientations.axcodes2ornt(OUTPUT_AXCODES))
+    transform = orientations.ornt_transform(
+        orientations.axcodes2ornt(NETWORK_AXCODES), orientations.axcodes2ornt(OUTPUT_AXCODES)
+    )
     return orientations.apply_orientation(volume, transform)
 
 
@@ -50,8 +51,9 @@ def _spacing_ras(example: Any, fallback: float = 1.0) -> tuple[float, float, flo
     if affine is None:
         return (fallback,) * 3
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
-    order = orientations.ornt_transform(orientations.axcodes2ornt(NETWORK_AXCODES),
-                                        orientations.axcodes2ornt(OUTPUT_AXCODES))[:, 0].astype(int)
+    order = orientations.ornt_transform(
+        orientations.axcodes2ornt(NETWORK_AXCODES), orientations.axcodes2ornt(OUTPUT_AXCODES)
+    )[:, 0].astype(int)
     ras = np.empty(3)
     ras[order] = spacing
     return tuple(float(s) for s in ras)

@@ -15,11 +15,29 @@ from scripts.evaluation.run import DEFAULT_PARTS, PARTS, run_evaluation
 
 def _run(args: argparse.Namespace) -> None:
     out = run_evaluation(
-        args.output_dir, args.parts, args.synthetic_dir, args.synthetic_glob, args.real_datalist, args.real_split,
-        args.training_split, args.max_volumes, args.medicalnet_resnet50_weights, args.resnet50_2d_weights,
-        args.large_files, args.feature_size, args.slice_step, args.backend, args.adherence_dir, args.prompt_pairs,
-        args.adherence_num, args.segmentation_dir, args.agreement_num, args.agreement_size,
-        random_weights=args.random_weights, overwrite=args.overwrite, progress=not args.quiet,
+        args.output_dir,
+        args.parts,
+        args.synthetic_dir,
+        args.synthetic_glob,
+        args.real_datalist,
+        args.real_split,
+        args.training_split,
+        args.max_volumes,
+        args.medicalnet_resnet50_weights,
+        args.resnet50_2d_weights,
+        args.large_files,
+        args.feature_size,
+        args.slice_step,
+        args.backend,
+        args.adherence_dir,
+        args.prompt_pairs,
+        args.adherence_num,
+        args.segmentation_dir,
+        args.agreement_num,
+        args.agreement_size,
+        random_weights=args.random_weights,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     print(f"wrote {out['paths']['markdown']} and {out['paths']['json']}")
 

@@ -193,9 +193,7 @@ def folder_generator(folder: str | Path) -> Generator:
     return generate
 
 
-def pipeline_generator(
-    pipeline: Callable, spacing: Sequence[float], lowres_only: bool = False
-) -> Generator:
+def pipeline_generator(pipeline: Callable, spacing: Sequence[float], lowres_only: bool = False) -> Generator:
     """A ``generate`` callable around :class:`scripts.inference.pipeline.MedSynPipeline` (or anything called as
     ``pipeline(prompt, seed) -> PipelineOutput``): sample ``i`` uses seed ``seed + i``.
 

@@ -16,8 +16,14 @@ from scripts.evaluation.anatomy_measures import measure_ct
 
 REL_TOL = 0.10
 # absolute allowances per measure (the issue's 0.03 for the CTR; 20 mL of fluid; 1.5 points of %LAA-950)
-ABS_TOL = {"cardiothoracic_ratio": 0.03, "effusion_ml_left": 20.0, "effusion_ml_right": 20.0, "laa950_percent": 1.5,
-           "lung_volume_ml": 0.0, "airway_volume_mm3": 0.0}
+ABS_TOL = {
+    "cardiothoracic_ratio": 0.03,
+    "effusion_ml_left": 20.0,
+    "effusion_ml_right": 20.0,
+    "laa950_percent": 1.5,
+    "lung_volume_ml": 0.0,
+    "airway_volume_mm3": 0.0,
+}
 
 
 def truth_values(truth: dict) -> dict[str, float]:
@@ -88,9 +94,13 @@ def summarise(cases: Sequence[dict]) -> dict:
 
 def agreement_markdown(result: dict) -> str:
     """The summary table and the cases outside the tolerance."""
-    lines = [f"Phantom agreement ({len(result['cases'])} cases, {result['size']}³): pass = within "
-             f"{REL_TOL:.0%} of the truth or within the absolute allowance.", "",
-             "| measure | passed | max abs error | max rel error | absolute allowance |", "|---|---|---|---|---|"]
+    lines = [
+        f"Phantom agreement ({len(result['cases'])} cases, {result['size']}³): pass = within "
+        f"{REL_TOL:.0%} of the truth or within the absolute allowance.",
+        "",
+        "| measure | passed | max abs error | max rel error | absolute allowance |",
+        "|---|---|---|---|---|",
+    ]
     for key, s in result["summary"].items():
         lines.append(
             f"| {key} | {s['passed']}/{s['n']} | {s['max_abs_error']:.4g} | {s['max_rel_error']:.1%} "

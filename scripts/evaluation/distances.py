@@ -14,8 +14,8 @@ from __future__ import annotations
 import warnings
 
 import torch
-from scipy.linalg import LinAlgWarning
 from monai.metrics import FIDMetric, MMDMetric
+from scipy.linalg import LinAlgWarning
 
 from scripts.evaluation.features import PLANES
 

@@ -174,7 +174,11 @@ def resnet50_2d(
     """
     path = None if random_weights else resolve_weights("resnet50_2d", weights, large_files)  # fail fast
     model = resnet50(
-        spatial_dims=2, n_input_channels=3, conv1_t_stride=2, feed_forward=False, shortcut_type="B",
+        spatial_dims=2,
+        n_input_channels=3,
+        conv1_t_stride=2,
+        feed_forward=False,
+        shortcut_type="B",
         bias_downsample=False,
     )
     if path is not None:

@@ -157,16 +157,25 @@ def run_evaluation(
 
     if streamed:
         synth = _collect(
-            data.iter_synthetic(synthetic_dir, synthetic_glob, max_volumes), "synthetic volumes",
-            _Collector(net3d if ("fid" in parts or "memorisation" in parts) else None, net2d,
-                       "memorisation" in parts, "measures" in parts, settings), progress,
+            data.iter_synthetic(synthetic_dir, synthetic_glob, max_volumes),
+            "synthetic volumes",
+            _Collector(
+                net3d if ("fid" in parts or "memorisation" in parts) else None,
+                net2d,
+                "memorisation" in parts,
+                "measures" in parts,
+                settings,
+            ),
+            progress,
         )
         need_real = [p for p in streamed if p != "memorisation"]
         real = None
         if need_real:
             real = _collect(
-                data.iter_real(real_datalist, real_split, max_volumes), f"real volumes ({real_split})",
-                _Collector(net3d if "fid" in parts else None, net2d, False, "measures" in parts, settings), progress,
+                data.iter_real(real_datalist, real_split, max_volumes),
+                f"real volumes ({real_split})",
+                _Collector(net3d if "fid" in parts else None, net2d, False, "measures" in parts, settings),
+                progress,
             )
         if "measures" in parts:
             results["measures"] = {
@@ -175,8 +184,12 @@ def run_evaluation(
                 "volumes": {"synthetic": dict(zip(synth.ids, synth.rows)), "real": dict(zip(real.ids, real.rows))},
             }
         if "fid" in parts or "fid_2p5d" in parts:
-            out: dict = {"network": "MedicalNet ResNet-50" + (" (random weights)" if random_weights else ""),
-                         "n_synthetic": len(synth.ids), "n_real": len(real.ids), "notes": []}
+            out: dict = {
+                "network": "MedicalNet ResNet-50" + (" (random weights)" if random_weights else ""),
+                "n_synthetic": len(synth.ids),
+                "n_real": len(real.ids),
+                "notes": [],
+            }
             if "fid" in parts:
                 out["fid"] = distances.fid(synth.features3d(), real.features3d())
                 mmd = distances.mmd(synth.features3d(), real.features3d())
@@ -189,12 +202,19 @@ def run_evaluation(
             results["distances"] = out
         if "memorisation" in parts:
             train = _collect(
-                data.iter_real(real_datalist, training_split, max_volumes), f"training volumes ({training_split})",
-                _Collector(net3d, None, True, False, settings), progress,
+                data.iter_real(real_datalist, training_split, max_volumes),
+                f"training volumes ({training_split})",
+                _Collector(net3d, None, True, False, settings),
+                progress,
             )
             audit = memorisation.audit(
-                synth.thumbnails, train.thumbnails, synth.ids, train.ids,
-                synth.features3d(), train.features3d(), progress=False,
+                synth.thumbnails,
+                train.thumbnails,
+                synth.ids,
+                train.ids,
+                synth.features3d(),
+                train.features3d(),
+                progress=False,
             )
             figure = memorisation.audit_figure(audit, output_dir / "memorisation_closest.png", overwrite=overwrite)
             audit["figures"] = [figure]
@@ -204,7 +224,9 @@ def run_evaluation(
     if "adherence" in parts:
         pairs = adherence.load_pairs(prompt_pairs)
         study = adherence.run_study(
-            pairs, adherence.folder_generator(adherence_dir), adherence_num,
+            pairs,
+            adherence.folder_generator(adherence_dir),
+            adherence_num,
             measure=lambda ct, sp, measures: anatomy_measures.measure_ct(ct, sp, measures=measures, backend=backend),
             progress=progress,
         )

@@ -10,5 +10,5 @@
 from scripts.inference.pipeline import MedSynPipeline, PipelineOutput
 from scripts.inference.prompts import Prompt, read_prompts
 from scripts.inference.tiling import SlidingWindowNetwork
-from scripts.networks.weights import WeightsNotFoundError, load_network, save_network
 from scripts.inference.writer import SampleWriter
+from scripts.networks.weights import WeightsNotFoundError, load_network, save_network

@@ -67,6 +67,11 @@ class SlidingWindowNetwork(nn.Module):
             return self.network(tiles, timesteps.expand(n), context=ctx, **kwargs)
 
         return sliding_window_inference(
-            x, self.roi_size, self.sw_batch_size, predictor, overlap=self.overlap, mode=self.mode,
+            x,
+            self.roi_size,
+            self.sw_batch_size,
+            predictor,
+            overlap=self.overlap,
+            mode=self.mode,
             progress=False,
         )

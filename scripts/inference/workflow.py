@@ -22,8 +22,8 @@ from scripts.data.io import write_json, write_nifti, write_text
 from scripts.data.transforms import build_channel_preprocessing
 from scripts.inference.pipeline import MedSynPipeline
 from scripts.inference.prompts import Prompt, read_prompts
-from scripts.networks.weights import load_network
 from scripts.inference.writer import SYNTHETIC_DESCRIPTION, SampleWriter, decode_sample
+from scripts.networks.weights import load_network
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,14 @@ WEIGHTS_HINT = (
 # Auto3DSeg takes one label map per image: lobes keep 1-5, airway and vessel are painted over them
 SEGMENTATION_LABELS = {"lobe": None, "airway": 6, "vessel": 7}
 LABEL_NAMES = {
-    0: "background", 1: "left upper lobe", 2: "left lower lobe", 3: "right upper lobe", 4: "right middle lobe",
-    5: "right lower lobe", 6: "airway", 7: "pulmonary vessel",
+    0: "background",
+    1: "left upper lobe",
+    2: "left lower lobe",
+    3: "right upper lobe",
+    4: "right middle lobe",
+    5: "right lower lobe",
+    6: "airway",
+    7: "pulmonary vessel",
 }
 
 
@@ -125,8 +131,12 @@ class InferenceRunner:
             device=self.device,
             progress=self.progress,
         )
-        self.settings = {"guidance_scale": self.guidance_scale, "steps_lowres": self.steps_lowres,
-                         "steps_sr": self.steps_sr if sr is not None else None, "sr_tile": self.sr_tile}
+        self.settings = {
+            "guidance_scale": self.guidance_scale,
+            "steps_lowres": self.steps_lowres,
+            "steps_sr": self.steps_sr if sr is not None else None,
+            "sr_tile": self.sr_tile,
+        }
         self._writer = SampleWriter(self.output_dir, self.spacing, overwrite=self.overwrite)
 
     def _ensure_loaded(self) -> None:
@@ -243,7 +253,11 @@ class InferenceRunner:
             label = _combined_label(paths)
             sample_id = paths["json"].stem
             label_path = write_nifti(
-                root / f"{sample_id}_label.nii.gz", label[0], label[1], "uint8", self.writer.overwrite,
+                root / f"{sample_id}_label.nii.gz",
+                label[0],
+                label[1],
+                "uint8",
+                self.writer.overwrite,
                 SYNTHETIC_DESCRIPTION,
             )
             items.append({"image": paths["ct"].name, "label": label_path.name, "fold": i % int(num_folds)})

@@ -31,8 +31,15 @@ HEAD_DIM = 32  # the official attention always uses 32 features per head, whatev
 PREFIXES = ("module.", "denoise_fn.")  # added by multi-GPU wrapping and by the GaussianDiffusion wrapper
 # official constructor arguments that the official network ignores (or that do not change its layout)
 IGNORED_KWARGS = frozenset(
-    {"attn_dim_head", "use_bert_text_cond", "init_dim", "init_kernel_size", "use_sparse_linear_attn", "block_type",
-     "total_slices"}
+    {
+        "attn_dim_head",
+        "use_bert_text_cond",
+        "init_dim",
+        "init_kernel_size",
+        "use_sparse_linear_attn",
+        "block_type",
+        "total_slices",
+    }
 )
 
 
@@ -147,7 +154,7 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
         for _ in range(len(PREFIXES)):
             for prefix in PREFIXES:
                 if key.startswith(prefix):
-                    key = key[len(prefix):]
+                    key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -225,8 +232,12 @@ def convert_official_state_dict(
         converted[ours] = first
 
     problems = []
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped),
-                         ("not tied", untied)):
+    for title, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", misshaped),
+        ("not tied", untied),
+    ):
         if items:
             problems.append(f"{title} ({len(items)}): " + ", ".join(items))
     if problems:
@@ -236,9 +247,7 @@ def convert_official_state_dict(
     return converted
 
 
-def from_official_state_dict(
-    state_dict: Mapping[str, torch.Tensor], stage: str, **official_kwargs: Any
-) -> MedSynUNet:
+def from_official_state_dict(state_dict: Mapping[str, torch.Tensor], stage: str, **official_kwargs: Any) -> MedSynUNet:
     """Build the :class:`MedSynUNet` described by the official constructor arguments and load the official weights.
 
     Args:
@@ -268,7 +277,8 @@ def infer_official_kwargs(state_dict: Mapping[str, torch.Tensor], stage: str) ->
     lowres = stage == "lowres"
     stem, head, attn = (
         ("init_conv.weight", "final_conv.1.weight", "mid_spatial_attn1.fn.fn.fn.to_qkv.weight")
-        if lowres else ("init_conv0.weight", "final_conv0.1.weight", "mid_spatial_attn.fn.fn.fn.to_qkv.weight")
+        if lowres
+        else ("init_conv0.weight", "final_conv0.1.weight", "mid_spatial_attn.fn.fn.fn.to_qkv.weight")
     )
     other = "sr" if lowres else "lowres"
     if stem not in sd:

@@ -35,10 +35,26 @@ def register_preset(name: str, lowres: dict[str, Any], sr: dict[str, Any]) -> No
 # The official MedSyn models (SPEC.md §5): text from CXR-BERT (768), 4 channels CT/lobe/airway/vessel.
 register_preset(
     "paper",
-    lowres=dict(in_channels=4, out_channels=4, width=160, width_mults=(1, 2, 4, 8), context_dim=768,
-                attn_heads=8, attn_head_dim=32, norm_groups=8),
-    sr=dict(in_channels=8, out_channels=4, width=56, width_mults=(1, 2, 4, 8), context_dim=None,
-            attn_heads=4, attn_head_dim=32, norm_groups=8),
+    lowres=dict(
+        in_channels=4,
+        out_channels=4,
+        width=160,
+        width_mults=(1, 2, 4, 8),
+        context_dim=768,
+        attn_heads=8,
+        attn_head_dim=32,
+        norm_groups=8,
+    ),
+    sr=dict(
+        in_channels=8,
+        out_channels=4,
+        width=56,
+        width_mults=(1, 2, 4, 8),
+        context_dim=None,
+        attn_heads=4,
+        attn_head_dim=32,
+        norm_groups=8,
+    ),
 )
 
 # CPU-sized: text from all-MiniLM-L6-v2 (384). Widths are set by what two CPU cores can do (measured on the project
@@ -47,19 +63,52 @@ register_preset(
 # alone would cost as much as the rest of the network; a 128³ forward takes 4-8 s, so 256³ ~30-60 s per step.
 register_preset(
     "small",
-    lowres=dict(in_channels=4, out_channels=4, width=8, width_mults=(1, 2, 4, 8), context_dim=384,
-                attn_heads=4, attn_head_dim=32, norm_groups=8),
-    sr=dict(in_channels=8, out_channels=4, width=4, width_mults=(1, 2, 4, 8), context_dim=None,
-            attn_heads=2, attn_head_dim=32, norm_groups=4, stem_kernel=3),
+    lowres=dict(
+        in_channels=4,
+        out_channels=4,
+        width=8,
+        width_mults=(1, 2, 4, 8),
+        context_dim=384,
+        attn_heads=4,
+        attn_head_dim=32,
+        norm_groups=8,
+    ),
+    sr=dict(
+        in_channels=8,
+        out_channels=4,
+        width=4,
+        width_mults=(1, 2, 4, 8),
+        context_dim=None,
+        attn_heads=2,
+        attn_head_dim=32,
+        norm_groups=4,
+        stem_kernel=3,
+    ),
 )
 
 # For tests: the smallest layout that still has every kind of block.
 register_preset(
     "tiny",
-    lowres=dict(in_channels=4, out_channels=4, width=8, width_mults=(1, 2, 4, 8), context_dim=32,
-                attn_heads=2, attn_head_dim=32, norm_groups=8),
-    sr=dict(in_channels=8, out_channels=4, width=8, width_mults=(1, 2, 4, 8), context_dim=None,
-            attn_heads=2, attn_head_dim=32, norm_groups=8),
+    lowres=dict(
+        in_channels=4,
+        out_channels=4,
+        width=8,
+        width_mults=(1, 2, 4, 8),
+        context_dim=32,
+        attn_heads=2,
+        attn_head_dim=32,
+        norm_groups=8,
+    ),
+    sr=dict(
+        in_channels=8,
+        out_channels=4,
+        width=8,
+        width_mults=(1, 2, 4, 8),
+        context_dim=None,
+        attn_heads=2,
+        attn_head_dim=32,
+        norm_groups=8,
+    ),
 )
 
 

@@ -223,14 +223,24 @@ class MedSynUNet(nn.Module):
         if not width_mults or min(width_mults) < 1:
             raise ValueError(f"width_mults must be a non-empty sequence of positive ints, got {width_mults}")
         if any(c % norm_groups for c in [width, *widths]):
-            raise ValueError(f"norm_groups={norm_groups} must divide every level width {[width, *widths]}; "
-                             "change width or norm_groups")
+            raise ValueError(
+                f"norm_groups={norm_groups} must divide every level width {[width, *widths]}; "
+                "change width or norm_groups"
+            )
         if stem_kernel % 2 == 0:
             raise ValueError(f"stem_kernel must be odd, got {stem_kernel}")
         self._config: dict[str, Any] = dict(
-            in_channels=in_channels, out_channels=out_channels, width=width, width_mults=list(width_mults),
-            context_dim=context_dim, text_tokens=text_tokens, attn_heads=attn_heads, attn_head_dim=attn_head_dim,
-            norm_groups=norm_groups, bottleneck_depth=bottleneck_depth, stem_kernel=stem_kernel,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            width=width,
+            width_mults=list(width_mults),
+            context_dim=context_dim,
+            text_tokens=text_tokens,
+            attn_heads=attn_heads,
+            attn_head_dim=attn_head_dim,
+            norm_groups=norm_groups,
+            bottleneck_depth=bottleneck_depth,
+            stem_kernel=stem_kernel,
         )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.context_dim, self.text_tokens = context_dim, text_tokens
@@ -305,8 +315,10 @@ class MedSynUNet(nn.Module):
             return context
         drop_context = torch.as_tensor(drop_context, device=context.device)
         if drop_context.shape != (batch,) or drop_context.dtype != torch.bool:
-            raise ValueError(f"drop_context must be a bool tensor of shape ({batch},), got "
-                             f"{drop_context.dtype} {tuple(drop_context.shape)}")
+            raise ValueError(
+                f"drop_context must be a bool tensor of shape ({batch},), got "
+                f"{drop_context.dtype} {tuple(drop_context.shape)}"
+            )
         return torch.where(drop_context[:, None, None], null.to(context.dtype), context)
 
     # --- forward -------------------------------------------------------------------------------------------------

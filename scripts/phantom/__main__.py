@@ -39,8 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        datalist = write_dataset(args.out, args.num, args.size, args.seed, args.findings, args.val_fraction,
-                                 args.overwrite, progress=not args.quiet)
+        datalist = write_dataset(
+            args.out,
+            args.num,
+            args.size,
+            args.seed,
+            args.findings,
+            args.val_fraction,
+            args.overwrite,
+            progress=not args.quiet,
+        )
     except (ValueError, OutputExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

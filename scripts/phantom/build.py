@@ -18,8 +18,16 @@ from .trees import Segment, Trees
 
 _LUNGISH = lut(Tissue.LUNG, Tissue.FISSURE)
 _NOT_BONE = ~lut(Tissue.BONE, Tissue.MARROW, Tissue.DISC, Tissue.CORD)
-_CENTRAL_VESSEL_OK = ~lut(Tissue.BONE, Tissue.MARROW, Tissue.DISC, Tissue.CORD, Tissue.HEART, Tissue.BLOOD,
-                          Tissue.AIRWAY_LUMEN, Tissue.AIRWAY_WALL)
+_CENTRAL_VESSEL_OK = ~lut(
+    Tissue.BONE,
+    Tissue.MARROW,
+    Tissue.DISC,
+    Tissue.CORD,
+    Tissue.HEART,
+    Tissue.BLOOD,
+    Tissue.AIRWAY_LUMEN,
+    Tissue.AIRWAY_WALL,
+)
 _PERIPHERAL_OK = lut(Tissue.LUNG, Tissue.FISSURE, Tissue.PULM_VESSEL)
 _LUNG_LUT = lut(*LUNG_TISSUES)
 
@@ -94,8 +102,10 @@ def _ribs(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
     rib = (phase < 10.0) & in_range
     cortex = rib & ((phase < 2.0) | (phase > 8.0))
     front = (np.abs(xv - anat.cx) < 45.0) & (yv > anat.cy)
-    sternum = ((np.abs(xv - anat.cx) < 16.0) & (yv > anat.cy))[:, None] & (zz > anat.z_dia_right - 15.0) & (
-        zz < anat.z_apex - 25.0
+    sternum = (
+        ((np.abs(xv - anat.cx) < 16.0) & (yv > anat.cy))[:, None]
+        & (zz > anat.z_dia_right - 15.0)
+        & (zz < anat.z_apex - 25.0)
     )
     labels = np.where(cortex, Tissue.BONE, np.where(rib, Tissue.MARROW, Tissue.MUSCLE)).astype(np.uint8)
     labels = np.where(front[:, None] & rib, Tissue.CARTILAGE, labels)
@@ -207,8 +217,9 @@ def build_volumes(anat: Anatomy, trees: Trees, grid: Grid) -> Volumes:
     section = _body(anat, grid)
     tissue = np.empty(grid.shape, dtype=np.uint8)
     tissue[:] = section[:, :, None]
-    v = Volumes(grid, anat, tissue, np.zeros(grid.shape, np.uint8), np.zeros(grid.shape, bool),
-                np.zeros(grid.shape, bool))
+    v = Volumes(
+        grid, anat, tissue, np.zeros(grid.shape, np.uint8), np.zeros(grid.shape, bool), np.zeros(grid.shape, bool)
+    )
     cavity = (section == Tissue.MEDIASTINUM)[:, :, None]
     x2, y2 = x[:, :, 0], y[:, :, 0]
     _abdomen(v, x, y, z, cavity)

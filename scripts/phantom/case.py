@@ -22,8 +22,15 @@ VERSION = "1.0"
 GENERATOR = f"scripts.phantom {VERSION}"
 LAA_THRESHOLD_HU = -950
 # tissues inside the inner thoracic wall: the thoracic width of the cardiothoracic ratio is their left-right extent
-THORACIC_CAVITY = lut(*LUNG_TISSUES, Tissue.EFFUSION, Tissue.AIRWAY_LUMEN, Tissue.MEDIASTINUM, Tissue.HEART,
-                      Tissue.PERICARDIAL_FAT, Tissue.BLOOD)
+THORACIC_CAVITY = lut(
+    *LUNG_TISSUES,
+    Tissue.EFFUSION,
+    Tissue.AIRWAY_LUMEN,
+    Tissue.MEDIASTINUM,
+    Tissue.HEART,
+    Tissue.PERICARDIAL_FAT,
+    Tissue.BLOOD,
+)
 _VESSEL_TISSUE = lut(Tissue.PULM_VESSEL, Tissue.CONSOLIDATION)
 
 
@@ -61,8 +68,10 @@ def _as_spec(findings: FindingSpec | str | None) -> FindingSpec:
         return FindingSpec.parse(findings)
     if isinstance(findings, FindingSpec):
         return findings
-    raise ValueError(f"findings must be a FindingSpec, a string such as 'effusion:right:large' or None, "
-                     f"got {type(findings).__name__}")
+    raise ValueError(
+        f"findings must be a FindingSpec, a string such as 'effusion:right:large' or None, "
+        f"got {type(findings).__name__}"
+    )
 
 
 def render_ct(v: Volumes, rng: np.random.Generator) -> np.ndarray:
@@ -112,8 +121,15 @@ def cardiothoracic_ratio(tissue: np.ndarray, spacing: float) -> tuple[float, flo
     return widths[k] / thorax_width, float(widths[k]), thorax_width, k
 
 
-def measure_truth(case_ct: np.ndarray, lobe: np.ndarray, airway: np.ndarray, vessel: np.ndarray,
-                  tissue: np.ndarray, grid: Grid, cx: float) -> dict[str, Any]:
+def measure_truth(
+    case_ct: np.ndarray,
+    lobe: np.ndarray,
+    airway: np.ndarray,
+    vessel: np.ndarray,
+    tissue: np.ndarray,
+    grid: Grid,
+    cx: float,
+) -> dict[str, Any]:
     """Measured ground truth of a case, from the arrays that are written to disk."""
     voxel_ml = grid.spacing**3 / 1000.0
     right = slice(int(np.searchsorted(grid.axis(), cx, side="right")), None)
@@ -127,20 +143,27 @@ def measure_truth(case_ct: np.ndarray, lobe: np.ndarray, airway: np.ndarray, ves
     right_ml = float((lobe_counts[3] + lobe_counts[4] + lobe_counts[5]) * voxel_ml)
     consolidation = tissue == Tissue.CONSOLIDATION
     return {
-        "effusion_ml": {"left": round(float(effusion[left].sum() * voxel_ml), 2),
-                        "right": round(float(effusion[right].sum() * voxel_ml), 2)},
+        "effusion_ml": {
+            "left": round(float(effusion[left].sum() * voxel_ml), 2),
+            "right": round(float(effusion[right].sum() * voxel_ml), 2),
+        },
         "cardiothoracic_ratio": round(float(ctr), 4),
         "heart_width_mm": round(heart_w, 2),
         "thorax_width_mm": round(thorax_w, 2),
         "cardiothoracic_slice_index": ctr_slice,
         "laa950_percent": round(laa, 3),
-        "lung_volume_ml": {"left": round(left_ml, 2), "right": round(right_ml, 2),
-                           "total": round(left_ml + right_ml, 2)},
+        "lung_volume_ml": {
+            "left": round(left_ml, 2),
+            "right": round(right_ml, 2),
+            "total": round(left_ml + right_ml, 2),
+        },
         "lobe_volume_ml": {str(i): round(float(lobe_counts[i] * voxel_ml), 2) for i in range(1, 6)},
         "airway_volume_mm3": round(float(airway.sum() * grid.spacing**3), 1),
         "vessel_volume_ml": round(float(vessel.sum() * voxel_ml), 2),
-        "consolidation_ml": {"left": round(float(consolidation[left].sum() * voxel_ml), 2),
-                             "right": round(float(consolidation[right].sum() * voxel_ml), 2)},
+        "consolidation_ml": {
+            "left": round(float(consolidation[left].sum() * voxel_ml), 2),
+            "right": round(float(consolidation[right].sum() * voxel_ml), 2),
+        },
     }
 
 

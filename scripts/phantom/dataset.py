@@ -25,8 +25,13 @@ from .case import GENERATOR, PhantomCase, _as_spec, generate_case
 from .findings import FindingSpec
 from .geometry import check_size
 
-VOLUMES = {"image": ("ct", "int16"), "lobe": ("lobe", "uint8"), "airway": ("airway", "uint8"),
-           "vessel": ("vessel", "uint8"), "tissue": ("tissue", "uint8")}
+VOLUMES = {
+    "image": ("ct", "int16"),
+    "lobe": ("lobe", "uint8"),
+    "airway": ("airway", "uint8"),
+    "vessel": ("vessel", "uint8"),
+    "tissue": ("tissue", "uint8"),
+}
 DESCRIPTION = f"synthetic phantom, {GENERATOR}"
 
 
@@ -48,16 +53,29 @@ def write_case(out_dir: str | os.PathLike, case: PhantomCase, overwrite: bool = 
     out_dir = Path(out_dir)
     case_id = case.truth["id"]
     files = case_files(case_id)
-    arrays = {"image": case.ct_hu, "lobe": case.lobe, "airway": case.airway, "vessel": case.vessel,
-              "tissue": case.tissue}
+    arrays = {
+        "image": case.ct_hu,
+        "lobe": case.lobe,
+        "airway": case.airway,
+        "vessel": case.vessel,
+        "tissue": case.tissue,
+    }
     for key, (_, dtype) in VOLUMES.items():
-        write_nifti(out_dir / files[key], arrays[key], case.affine, dtype=dtype, overwrite=overwrite,
-                    description=DESCRIPTION)
+        write_nifti(
+            out_dir / files[key], arrays[key], case.affine, dtype=dtype, overwrite=overwrite, description=DESCRIPTION
+        )
     write_text(out_dir / files["report_file"], case.report, overwrite=overwrite)
     write_json(out_dir / files["truth"], case.truth, overwrite=overwrite)
-    item = {"id": case_id, "image": files["image"], "lobe": files["lobe"], "airway": files["airway"],
-            "vessel": files["vessel"], "report": case.report, "report_file": files["report_file"],
-            "truth": files["truth"]}
+    item = {
+        "id": case_id,
+        "image": files["image"],
+        "lobe": files["lobe"],
+        "airway": files["airway"],
+        "vessel": files["vessel"],
+        "report": case.report,
+        "report_file": files["report_file"],
+        "truth": files["truth"],
+    }
     return item
 
 
@@ -99,8 +117,10 @@ def write_dataset(
         targets = [datalist] + [out_dir / p for i in ids for p in case_files(i).values()]
         existing = [p for p in targets if p.exists()]
         if existing:
-            raise OutputExistsError(f"{existing[0]} already exists; pass overwrite=True (CLI: --overwrite) to replace "
-                                    f"the dataset in {out_dir}")
+            raise OutputExistsError(
+                f"{existing[0]} already exists; pass overwrite=True (CLI: --overwrite) to replace "
+                f"the dataset in {out_dir}"
+            )
     n_val = min(int(round(num * float(val_fraction))), num - 1)
     items = []
     for i, case_id in enumerate(ids):
@@ -109,5 +129,5 @@ def write_dataset(
         items.append(write_case(out_dir, case, overwrite=overwrite))
         if progress:
             print(f"{case_id}: {case.report.splitlines()[-1]}", flush=True)
-    write_json(datalist, {"training": items[: num - n_val], "validation": items[num - n_val:]}, overwrite=overwrite)
+    write_json(datalist, {"training": items[: num - n_val], "validation": items[num - n_val :]}, overwrite=overwrite)
     return datalist

@@ -42,15 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     case = generate_case(args.size, args.seed, args.findings)
     impression = case.report.splitlines()[-1]
     t = case.truth
-    title = (f"phantom {args.size}³, seed {args.seed}, {case.spacing:g} mm — {textwrap.shorten(impression, 110)}\n"
-             f"effusion L/R {t['effusion_ml']['left']:.0f}/{t['effusion_ml']['right']:.0f} mL, "
-             f"CTR {t['cardiothoracic_ratio']:.2f}, %LAA-950 {t['laa950_percent']:.1f}, "
-             f"airway {t['airway_volume_mm3'] / 1000:.1f} mL, lungs {t['lung_volume_ml']['total'] / 1000:.2f} L")
+    title = (
+        f"phantom {args.size}³, seed {args.seed}, {case.spacing:g} mm — {textwrap.shorten(impression, 110)}\n"
+        f"effusion L/R {t['effusion_ml']['left']:.0f}/{t['effusion_ml']['right']:.0f} mL, "
+        f"CTR {t['cardiothoracic_ratio']:.2f}, %LAA-950 {t['laa950_percent']:.1f}, "
+        f"airway {t['airway_volume_mm3'] / 1000:.1f} mL, lungs {t['lung_volume_ml']['total'] / 1000:.2f} L"
+    )
     out = Path(args.out)
     masks = {"lobe": case.lobe, "airway": case.airway, "vessel": case.vessel}
     try:
-        save_montage(out, case.ct_hu, overwrite=args.overwrite, masks=masks, spacing=(case.spacing,) * 3,
-                     index=slice_index(case), title=title)
+        save_montage(
+            out,
+            case.ct_hu,
+            overwrite=args.overwrite,
+            masks=masks,
+            spacing=(case.spacing,) * 3,
+            index=slice_index(case),
+            title=title,
+        )
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

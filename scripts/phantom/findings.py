@@ -39,8 +39,14 @@ NODULE_MM = {"small": (4.0, 8.0), "moderate": (10.0, 18.0), "large": (22.0, 30.0
 # --- the random default mix (docs/phantom.md) -------------------------------------------------------------------
 P_NORMAL = 0.3
 COUNT_WEIGHTS = {1: 0.5, 2: 0.35, 3: 0.15}
-TYPE_WEIGHTS = {"effusion": 0.25, "cardiomegaly": 0.2, "emphysema": 0.15, "bullae": 0.05, "consolidation": 0.15,
-                "nodule": 0.2}
+TYPE_WEIGHTS = {
+    "effusion": 0.25,
+    "cardiomegaly": 0.2,
+    "emphysema": 0.15,
+    "bullae": 0.05,
+    "consolidation": 0.15,
+    "nodule": 0.2,
+}
 SIDE_WEIGHTS = {
     "effusion": {"left": 0.25, "right": 0.25, "bilateral": 0.5},
     "emphysema": {"left": 0.1, "right": 0.1, "bilateral": 0.8},
@@ -83,8 +89,13 @@ class Finding:
         return ("left", "right") if self.side == "bilateral" else ((self.side,) if self.side else ())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "side": self.side, "severity": self.severity, "lobe": self.lobe,
-                "parameters": self.parameters}
+        return {
+            "type": self.type,
+            "side": self.side,
+            "severity": self.severity,
+            "lobe": self.lobe,
+            "parameters": self.parameters,
+        }
 
 
 def _parse_item(item: str, text: str) -> Finding:

@@ -22,9 +22,7 @@ def check_size(size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise ValueError(f"size must be an integer multiple of 8 between {MIN_SIZE} and {MAX_SIZE}, got {size!r}")
     if size % 8 or not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(
-            f"size must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE} (e.g. 64 or 256), got {size}"
-        )
+        raise ValueError(f"size must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE} (e.g. 64 or 256), got {size}")
     return int(size)
 
 
@@ -106,9 +104,7 @@ def tube_distance(
     return box, dist, t
 
 
-def sphere_box(
-    grid: Grid, centre: np.ndarray, radius: float
-) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+def sphere_box(grid: Grid, centre: np.ndarray, radius: float) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
     """Index box around a sphere and the distance (mm) of its voxels to the centre."""
     c = np.asarray(centre, dtype=np.float32)
     box = grid.index_box(c - radius, c + radius)

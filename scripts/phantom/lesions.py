@@ -90,8 +90,9 @@ def emphysema(v: Volumes, side: str, fraction: float, rng: np.random.Generator) 
     return {"painted_fraction": round(k / max(int(lung.sum()), 1), 4)}
 
 
-def bullae(v: Volumes, side: str, count: int, radius_range: tuple[float, float], rng: np.random.Generator
-           ) -> list[dict[str, object]]:
+def bullae(
+    v: Volumes, side: str, count: int, radius_range: tuple[float, float], rng: np.random.Generator
+) -> list[dict[str, object]]:
     """Thin-walled air spaces (about -1000 HU) in the upper lung, near the pleura."""
     anat = v.anatomy
     sign = 1.0 if side == "right" else -1.0
@@ -99,11 +100,13 @@ def bullae(v: Volumes, side: str, count: int, radius_range: tuple[float, float],
     for _ in range(count):
         radius = float(rng.uniform(*radius_range))
         for _ in range(60):
-            centre = np.array([
-                anat.cx + sign * rng.uniform(0.35, 0.85) * anat.cav_a,
-                anat.cy + rng.uniform(-0.6, 0.7) * anat.cav_b,
-                rng.uniform(anat.z_carina - 10, anat.z_apex - 0.6 * radius),
-            ])
+            centre = np.array(
+                [
+                    anat.cx + sign * rng.uniform(0.35, 0.85) * anat.cav_a,
+                    anat.cy + rng.uniform(-0.6, 0.7) * anat.cav_b,
+                    rng.uniform(anat.z_carina - 10, anat.z_apex - 0.6 * radius),
+                ]
+            )
             if anat.lobe_at(centre) in _lobes(side):
                 break
         hit = sphere_box(v.grid, centre, radius + 1.5)
@@ -114,8 +117,13 @@ def bullae(v: Volumes, side: str, count: int, radius_range: tuple[float, float],
         sub[(dist <= radius + 1.5) & (dist > radius) & _PARENCHYMA[sub]] = Tissue.FISSURE  # the thin wall
         sub[(dist <= radius) & _PARENCHYMA[sub]] = Tissue.BULLA
         v.vessel[box][dist <= radius] = False
-        placed.append({"centre_mm": [round(float(c), 1) for c in centre], "radius_mm": round(radius, 1),
-                       "lobe": anat.lobe_at(centre)})
+        placed.append(
+            {
+                "centre_mm": [round(float(c), 1) for c in centre],
+                "radius_mm": round(radius, 1),
+                "lobe": anat.lobe_at(centre),
+            }
+        )
     return placed
 
 

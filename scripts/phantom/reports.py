@@ -38,22 +38,43 @@ def _effusion(truth: dict[str, Any], rng: np.random.Generator) -> tuple[list[str
     sev = {s: severity_of(truth["effusion_ml"][s], EFFUSION_ML) for s in ("left", "right")}
     present = [s for s in ("left", "right") if sev[s]]
     if not present:
-        return [_pick(rng, ["No pleural effusion.", "There is no pleural effusion.",
-                            "No pleural effusion or pneumothorax.", "No evidence of pleural effusion."])], []
+        return [
+            _pick(
+                rng,
+                [
+                    "No pleural effusion.",
+                    "There is no pleural effusion.",
+                    "No pleural effusion or pneumothorax.",
+                    "No evidence of pleural effusion.",
+                ],
+            )
+        ], []
     if len(present) == 2 and sev["left"] == sev["right"]:
         word = sev["left"]
-        text = _pick(rng, [f"{_cap(word)} bilateral pleural effusions.",
-                           f"There are {word} bilateral pleural effusions.",
-                           f"Bilateral {word} pleural effusions are present."])
+        text = _pick(
+            rng,
+            [
+                f"{_cap(word)} bilateral pleural effusions.",
+                f"There are {word} bilateral pleural effusions.",
+                f"Bilateral {word} pleural effusions are present.",
+            ],
+        )
         if word != "small":
             text = text[:-1] + _pick(rng, [" with adjacent compressive atelectasis.", "."])
         return [text], [f"{_cap(word)} bilateral pleural effusions."]
     findings, impression = [], []
     for side in present:
         word = sev[side]
-        findings.append(_pick(rng, [f"{_cap(word)} {side} pleural effusion.",
-                                    f"There is a {word} {side}-sided pleural effusion.",
-                                    f"A {word} pleural effusion is present on the {side}."]))
+        findings.append(
+            _pick(
+                rng,
+                [
+                    f"{_cap(word)} {side} pleural effusion.",
+                    f"There is a {word} {side}-sided pleural effusion.",
+                    f"A {word} pleural effusion is present on the {side}.",
+                ],
+            )
+        )
         impression.append(f"{_cap(word)} {side} pleural effusion.")
     if len(present) == 1:
         other = "left" if present[0] == "right" else "right"
@@ -64,11 +85,21 @@ def _effusion(truth: dict[str, Any], rng: np.random.Generator) -> tuple[list[str
 def _heart(truth: dict[str, Any], rng: np.random.Generator) -> tuple[list[str], list[str]]:
     word = severity_of(truth["cardiothoracic_ratio"], CTR_RANGES)
     if word is None:
-        return [_pick(rng, ["Heart size is normal.", "The heart is normal in size.", "Normal heart size.",
-                            "No cardiomegaly."]) + " No pericardial effusion."], []
+        return [
+            _pick(
+                rng, ["Heart size is normal.", "The heart is normal in size.", "Normal heart size.", "No cardiomegaly."]
+            )
+            + " No pericardial effusion."
+        ], []
     degree = _DEGREE[word]
-    text = _pick(rng, [f"{_cap(degree)} cardiomegaly.", f"The heart is {_ADVERB[word]} enlarged.",
-                       f"There is {degree} cardiomegaly."])
+    text = _pick(
+        rng,
+        [
+            f"{_cap(degree)} cardiomegaly.",
+            f"The heart is {_ADVERB[word]} enlarged.",
+            f"There is {degree} cardiomegaly.",
+        ],
+    )
     return [text + " No pericardial effusion."], [f"{_cap(degree)} cardiomegaly."]
 
 
@@ -80,9 +111,16 @@ def _lungs(findings: list[Finding], rng: np.random.Generator) -> tuple[list[str]
     for f in by_type.get("emphysema", []):
         degree = _DEGREE[f.severity or "small"]
         where = {"bilateral": "", "left": " in the left lung", "right": " in the right lung"}[f.side or "bilateral"]
-        out.append(_pick(rng, [f"{_cap(degree)} centrilobular emphysema{where}, upper lobe predominant.",
-                               f"There is {degree} emphysema{where}.",
-                               f"{_cap(degree)} emphysematous changes{where}."]))
+        out.append(
+            _pick(
+                rng,
+                [
+                    f"{_cap(degree)} centrilobular emphysema{where}, upper lobe predominant.",
+                    f"There is {degree} emphysema{where}.",
+                    f"{_cap(degree)} emphysematous changes{where}.",
+                ],
+            )
+        )
         impression.append(f"{_cap(degree)} emphysema{where}.")
     for f in by_type.get("bullae", []):
         placed = f.parameters.get("placed", {})
@@ -96,29 +134,50 @@ def _lungs(findings: list[Finding], rng: np.random.Generator) -> tuple[list[str]
             impression.append(f"Bulla in the {lobe}.")
         else:
             where = "both upper lungs" if f.side == "bilateral" else f"the {f.side} upper lung"
-            out.append(_pick(rng, [f"Multiple bullae in {where}, the largest measuring {largest} mm.",
-                                   f"Bullous changes in {where}, the largest bulla {largest} mm."]))
+            out.append(
+                _pick(
+                    rng,
+                    [
+                        f"Multiple bullae in {where}, the largest measuring {largest} mm.",
+                        f"Bullous changes in {where}, the largest bulla {largest} mm.",
+                    ],
+                )
+            )
             impression.append(f"Bullae in {where}.")
     if not by_type.get("emphysema") and not by_type.get("bullae"):
         out.append(_pick(rng, ["No emphysema.", "No emphysema or bullae.", "There is no emphysema."]))
     for f in by_type.get("consolidation", []):
         lobe = LOBE_LABELS[int(f.lobe or 0)]
         word = _CONSOLIDATION_WORD[f.severity or "small"]
-        out.append(_pick(rng, [f"{_cap(word)} consolidation in the {lobe} with air bronchograms.",
-                               f"There is {word} airspace consolidation in the {lobe}."]))
+        out.append(
+            _pick(
+                rng,
+                [
+                    f"{_cap(word)} consolidation in the {lobe} with air bronchograms.",
+                    f"There is {word} airspace consolidation in the {lobe}.",
+                ],
+            )
+        )
         impression.append(f"{_cap(word)} {lobe} consolidation, compatible with pneumonia.")
     if not by_type.get("consolidation"):
-        out.append(_pick(rng, ["No focal consolidation.", "There is no consolidation.",
-                               "No airspace consolidation."]))
+        out.append(_pick(rng, ["No focal consolidation.", "There is no consolidation.", "No airspace consolidation."]))
     for f in by_type.get("nodule", []):
         lobe = LOBE_LABELS[int(f.lobe or 0)]
         size = round(float(f.parameters["diameter_mm"]))
-        out.append(_pick(rng, [f"{_cap(_a(size))} {size} mm solid nodule in the {lobe}.",
-                               f"There is {_a(size)} {size} mm solid pulmonary nodule in the {lobe}."]))
+        out.append(
+            _pick(
+                rng,
+                [
+                    f"{_cap(_a(size))} {size} mm solid nodule in the {lobe}.",
+                    f"There is {_a(size)} {size} mm solid pulmonary nodule in the {lobe}.",
+                ],
+            )
+        )
         impression.append(f"{size} mm {lobe} nodule; follow-up recommended.")
     if not by_type.get("nodule"):
-        out.append(_pick(rng, ["No pulmonary nodules.", "No suspicious pulmonary nodules.",
-                               "No pulmonary nodule or mass."]))
+        out.append(
+            _pick(rng, ["No pulmonary nodules.", "No suspicious pulmonary nodules.", "No pulmonary nodule or mass."])
+        )
     return out, impression
 
 
@@ -133,6 +192,14 @@ def write_report(findings: list[Finding], truth: dict[str, Any], rng: np.random.
     body = " ".join([airways, *lungs, *pleura, *heart, mediastinum, bones])
     impression = imp_pleura + imp_heart + imp_lungs
     if not impression:
-        impression = [_pick(rng, ["No acute cardiopulmonary abnormality.", "Normal CT of the chest.",
-                                  "No acute intrathoracic abnormality."])]
+        impression = [
+            _pick(
+                rng,
+                [
+                    "No acute cardiopulmonary abnormality.",
+                    "Normal CT of the chest.",
+                    "No acute intrathoracic abnormality.",
+                ],
+            )
+        ]
     return f"Findings: {body}\nImpression: {' '.join(impression)}\n"

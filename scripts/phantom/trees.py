@@ -115,8 +115,7 @@ def _grow(
     for sign, shrink in ((1, rng.uniform(0.74, 0.86)), (-1, rng.uniform(0.62, 0.78))):
         angle = sign * np.deg2rad(rng.uniform(22, 42))
         child = _unit(_rotate(direction, axis, angle) + 0.25 * towards)
-        _grow(anat, rng, out, end, child, length * rng.uniform(0.72, 0.88), r_end * shrink, lobe, generations - 1,
-              pull)
+        _grow(anat, rng, out, end, child, length * rng.uniform(0.72, 0.88), r_end * shrink, lobe, generations - 1, pull)
 
 
 def _lobar(
@@ -151,7 +150,7 @@ def _targets(rng: np.random.Generator, centroid: np.ndarray, count: int) -> list
 
 def build_trees(anat: Anatomy, rng: np.random.Generator) -> Trees:
     """Draw the airway tree, pulmonary arteries and veins, aorta and oesophagus of one subject."""
-    a, cx, cy = anat.cav_a, anat.cx, anat.cy
+    a, cx = anat.cav_a, anat.cx
     sx, sy = anat.spine_centre()
     zc = anat.z_carina
     cent = lobe_centroids(anat)
@@ -170,8 +169,13 @@ def build_trees(anat: Anatomy, rng: np.random.Generator) -> Trees:
         Segment(tuple(carina), tuple(left_main), 0.68 * rt, 0.64 * rt, True),
         Segment(tuple(right_main), tuple(intermedius), 0.62 * rt, 0.58 * rt, True),
     ]
-    for lobe, root, scale in ((3, right_main, 0.5), (4, intermedius, 0.4), (5, intermedius, 0.52),
-                              (1, left_main, 0.5), (2, left_main, 0.52)):
+    for lobe, root, scale in (
+        (3, right_main, 0.5),
+        (4, intermedius, 0.4),
+        (5, intermedius, 0.52),
+        (1, left_main, 0.5),
+        (2, left_main, 0.52),
+    ):
         for target in _targets(rng, cent[lobe], 2):
             _lobar(anat, rng, airway, root, lobe, target, scale * rt, AIRWAY_GENERATIONS)
 
@@ -203,8 +207,14 @@ def build_trees(anat: Anatomy, rng: np.random.Generator) -> Trees:
 
     # --- aorta: ascending (right of midline), arch over the left main bronchus, descending left of the spine
     root = P([hx + 0.45 * anat.heart_rx, hy + 0.1 * anat.heart_ry, hz + 0.55 * anat.heart_rz])
-    path = [root, P([cx + 12, ty + 40, zc + 22]), P([cx - 4, ty + 14, zc + 36]), P([cx - 24, ty - 16, zc + 22]),
-            P([sx - 27, sy + 12, zc - 20]), P([sx - 25, sy + 14, -170.0])]
+    path = [
+        root,
+        P([cx + 12, ty + 40, zc + 22]),
+        P([cx - 4, ty + 14, zc + 36]),
+        P([cx - 24, ty - 16, zc + 22]),
+        P([sx - 27, sy + 12, zc - 20]),
+        P([sx - 25, sy + 14, -170.0]),
+    ]
     radii = [14.0, 14.0, 13.0, 12.5, 12.0, 11.5]
     aorta = [Segment(tuple(p), tuple(q), r, s, True) for p, q, r, s in zip(path, path[1:], radii, radii[1:])]
     oesophagus = [Segment((sx - 4, sy + 27, 170.0), (sx - 8, sy + 30, anat.z_dia_left - 25), 8.0, 8.0, True)]

@@ -97,8 +97,8 @@ class ReportEncoder:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.network = network.to(self.device).eval()
         self.tokenizer = tokenizer

@@ -59,8 +59,7 @@ _SECTION_NAMES = {
 _NAMES = "|".join(sorted((re.escape(n).replace(r"\ ", r"\s+") for n in _SECTION_NAMES), key=len, reverse=True))
 # "Findings:" / "IMPRESSION -" at the start of the text, of a line or of a sentence; or a header alone on its line
 _HEADER = re.compile(
-    rf"(?:^|(?<=\n)|(?<=[.!?;]))[ \t]*(?P<name>{_NAMES})[ \t]*"
-    r"(?::|[-\u2013\u2014](?=[ \t])|\.?(?=[ \t]*(?:\n|$)))",
+    rf"(?:^|(?<=\n)|(?<=[.!?;]))[ \t]*(?P<name>{_NAMES})[ \t]*" r"(?::|[-\u2013\u2014](?=[ \t])|\.?(?=[ \t]*(?:\n|$)))",
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
