@@ -35,6 +35,13 @@ LOBE_LABELS = {
 }
 NUM_LOBES = len(LOBE_LABELS)
 
+# --- one label map per CT (Auto3DSeg datasets, the segmentation entry for MONAI Label) ----------------------------
+# Lobes keep 1..5; airway then vessel are painted over them, so where masks overlap the vessel label wins.
+AIRWAY_LABEL = 6
+VESSEL_LABEL = 7
+SEGMENTATION_LABELS = {0: "background", **LOBE_LABELS, AIRWAY_LABEL: "airway", VESSEL_LABEL: "pulmonary vessel"}
+NUM_SEGMENTATION_LABELS = len(SEGMENTATION_LABELS)
+
 # --- geometry --------------------------------------------------------------------------------------------------
 LOWRES_FACTOR = 4  # 256³ → 64³ by nearest-neighbour striding
 DEFAULT_SIZE = 256
@@ -120,6 +127,17 @@ def decode_volume(x: Array) -> dict[str, Array]:
     return {name: decode_channel(name, x[i]) for i, name in enumerate(CHANNELS)}
 
 
+def combine_labels(lobe: Array, airway: Array, vessel: Array) -> Array:
+    """Lobe labels 0..5 and binary airway / vessel masks (same shape) → one uint8 map of :data:`SEGMENTATION_LABELS`."""
+    if isinstance(lobe, np.ndarray):
+        label = lobe.astype(np.uint8, copy=True)
+    else:
+        label = lobe.to(torch.uint8, copy=True)
+    label[airway > 0] = AIRWAY_LABEL
+    label[vessel > 0] = VESSEL_LABEL
+    return label
+
+
 def ct_to_int16_hu(x: Array) -> Array:
     """[-1, 1] CT channel → int16 HU, rounded, as written to NIfTI."""
     hu = unit_to_hu(x).round()
@@ -142,3 +160,21 @@ def network_to_ras(volume: Array) -> Array:
     if isinstance(volume, np.ndarray):
         return np.moveaxis(np.flip(volume, axis=(-3, -1)), (-2, -1, -3), (-3, -2, -1))
     return torch.movedim(torch.flip(volume, dims=(-3, -1)), (-2, -1, -3), (-3, -2, -1))
+
+
+def lowres_affine(affine: np.ndarray, factor: int = LOWRES_FACTOR) -> np.ndarray:
+    """The RAS affine of the stage-1 grid, given the affine of the full model grid it is taken from.
+
+    Stage 1 keeps network-layout voxels 0, f, 2f, ... (``downsample_nearest``). Along the axes the network layout
+    flips (S→I, A→P) those are RAS voxels f-1, 2f-1, ..., so the low-resolution grid starts ``f - 1`` full voxels in
+    along them and at voxel 0 along the others; its spacing is ``f`` times larger.
+
+    Args:
+        affine: 4×4 RAS affine of the full grid, indexed (x, y, z).
+        factor: the downsampling factor (``LOWRES_FACTOR``).
+    """
+    probe = np.stack(np.meshgrid(*(np.arange(factor),) * 3, indexing="ij"))  # (3, f, f, f): each voxel's RAS index
+    strided = network_to_ras(ras_to_network(probe)[:, ::factor, ::factor, ::factor])
+    index_to_full = np.diag([float(factor)] * 3 + [1.0])
+    index_to_full[:3, 3] = strided[:, 0, 0, 0]
+    return np.asarray(affine, dtype=np.float64) @ index_to_full

@@ -8,8 +8,9 @@ import pytest
 import torch
 from monai.data import load_decathlon_datalist
 
-from scripts.conventions import ct_to_int16_hu, decode_lobe, network_to_ras
+from scripts.conventions import ct_to_int16_hu, decode_lobe, lowres_affine, network_to_ras, ras_to_network
 from scripts.data.io import OutputExistsError, ras_affine, write_nifti
+from scripts.diffusion import downsample_nearest
 from scripts.inference import SlidingWindowNetwork, read_prompts
 from scripts.inference.workflow import InferenceRunner
 from scripts.networks import build_network, preset_config, save_network
@@ -49,8 +50,8 @@ def encoder():
 @pytest.fixture
 def runner(weights, encoder):
     def make(out, **kwargs):
-        options = dict(steps_lowres=2, steps_sr=2, device="cpu", progress=False, text_encoder=encoder)
-        return InferenceRunner(weights[0], weights[1], out, **{**options, **kwargs})
+        options = dict(sr_weights=weights[1], steps_lowres=2, steps_sr=2, device="cpu", progress=False)
+        return InferenceRunner(weights[0], output_dir=out, text_encoder=encoder, **{**options, **kwargs})
 
     return make
 
@@ -116,6 +117,37 @@ def test_fixed_anatomy_and_segmentation_reproduce_the_inputs(runner, weights, tm
     assert segmentation["json"].name == "segmentation_seed0.json"
 
 
+def test_stage_one_alone_writes_the_low_resolution_grid(runner, weights, tmp_path):
+    """Without stage-2 weights the 64³-style output has 4x the spacing over the same field of view, and fixed
+    inputs are held on it as stage 1 sees them (strided from the full grid)."""
+    inputs = _mask_case(tmp_path)
+    run = runner(tmp_path / "out", sr_weights=None)
+    fixed, full_affine = run.load_fixed({"lobe": inputs["lobe"]})
+    (free,) = run.generate(prompt=REPORT)
+    ct = nib.load(str(free["ct"]))
+    assert ct.shape == (SIZE // 4,) * 3
+    np.testing.assert_allclose(ct.affine, lowres_affine(ras_affine(SPACING, (SIZE,) * 3)))
+    assert json.loads(free["json"].read_text())["steps_sr"] is None
+
+    (held,) = runner(tmp_path / "held", sr_weights=None).generate(prompt=REPORT, lobe=str(inputs["lobe"]))
+    lobe_out = nib.load(str(held["lobe"]))
+    np.testing.assert_allclose(lobe_out.affine, lowres_affine(full_affine))
+    strided = downsample_nearest(fixed["lobe"][None, None])[0, 0]
+    np.testing.assert_array_equal(np.asarray(lobe_out.dataobj), network_to_ras(decode_lobe(strided).numpy()))
+
+
+def test_lowres_affine_places_each_strided_voxel_where_the_full_grid_has_it():
+    full = ras_affine((1.5, 1.25, 2.0), (16, 12, 8))
+    index = np.stack(np.meshgrid(*(np.arange(n) for n in (16, 12, 8)), indexing="ij")).astype(np.float64)
+    world = np.einsum("ij,jxyz->ixyz", full[:3, :3], index) + full[:3, 3, None, None, None]
+    strided = network_to_ras(downsample_nearest(torch.from_numpy(ras_to_network(world).copy())[None])[0].numpy())
+    low = lowres_affine(full)
+    low_index = np.stack(np.meshgrid(*(np.arange(n) for n in (4, 3, 2)), indexing="ij")).astype(np.float64)
+    np.testing.assert_allclose(
+        np.einsum("ij,jxyz->ixyz", low[:3, :3], low_index) + low[:3, 3, None, None, None], strided
+    )
+
+
 def test_bad_inputs_fail_clearly(runner, weights, tmp_path):
     with pytest.raises(ReportError, match="empty"):
         runner(tmp_path).generate(prompt="   ")
@@ -160,6 +192,17 @@ def test_prompt_files(tmp_path):
     (tmp_path / "c.csv").write_text("VolumeName,Findings_EN,Impressions_EN\ntrain_1_a_1.nii.gz,Clear lungs.,Normal.\n")
     (p,) = read_prompts(prompt_file=tmp_path / "c.csv")
     assert p.id == "train_1_a_1" and p.text.startswith("Findings: Clear lungs.")
+    pairs = [
+        {"name": "e", "finding": "Effusion.", "negation": "Normal."},
+        {"name": "c", "finding": "Big heart.", "negation": "Normal."},
+    ]
+    (tmp_path / "pairs.json").write_text(json.dumps({"pairs": pairs}))
+    found = read_prompts(prompt_file=tmp_path / "pairs.json")
+    assert [(p.id, p.text) for p in found] == [
+        ("e_finding", "Effusion."),
+        ("e_negation", "Normal."),
+        ("c_finding", "Big heart."),
+    ]  # the shared negation once
     with pytest.raises(ValueError, match="exactly one"):
         read_prompts()
     with pytest.raises(ReportError, match="characters"):

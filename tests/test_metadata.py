@@ -44,5 +44,5 @@ def test_versions_match_requirements(metadata):
 def test_metadata_states_research_use_and_references(metadata):
     assert "not for clinical use" in metadata["intended_use"].lower()
     assert any("MedSyn" in ref for ref in metadata["references"])
-    image = metadata["network_data_format"]["inputs"]["image"]
+    image = metadata["lowres_data_format"]["inputs"]["image"]  # network_data_format: the segmentation entry
     assert image["channel_def"] == {"0": "ct", "1": "lobe", "2": "airway", "3": "vessel"}

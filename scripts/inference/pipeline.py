@@ -114,9 +114,10 @@ class MedSynPipeline:
         Args:
             prompt: report text, or None for report-free sampling (e.g. segmentation without a report).
             seed: the sample's seed; the same seed, prompt, fixed channels and weights give the same sample.
-            fixed: channel name (``ct``, ``lobe``, ``airway``, ``vessel``) → encoded values in [-1, 1] at the final
-                size, shape (D, H, W) in network layout. Held at every step of both stages (downsampled by nearest
-                striding for stage 1, as training data is). Fixing ``ct`` segments it.
+            fixed: channel name (``ct``, ``lobe``, ``airway``, ``vessel``) → encoded values in [-1, 1] on the full
+                model grid (``LOWRES_FACTOR`` × ``lowres_size``, also without a stage 2), shape (D, H, W) in network
+                layout. Held at every step of both stages (downsampled by nearest striding for stage 1, as training
+                data is). Fixing ``ct`` segments it.
         """
         fixed = dict(fixed or {})
         names = [name for name in CHANNELS if name in fixed]
@@ -126,9 +127,10 @@ class MedSynPipeline:
         values = None
         if names:
             values = torch.stack([torch.as_tensor(fixed[n], dtype=torch.float32) for n in names])[None]
-            if tuple(values.shape[2:]) != self.size:
+            grid = tuple(s * LOWRES_FACTOR for s in self.lowres_size)
+            if tuple(values.shape[2:]) != grid:
                 raise ValueError(
-                    f"fixed channels have shape {tuple(values.shape[2:])}, the model grid is {self.size} (D, H, W); "
+                    f"fixed channels have shape {tuple(values.shape[2:])}, the model grid is {grid} (D, H, W); "
                     "resample them with scripts.data.transforms.build_channel_preprocessing"
                 )
             values = values.to(self.device)
@@ -140,10 +142,8 @@ class MedSynPipeline:
             if context is None
             else ClassifierFreeGuidance(self.lowres_network, context, self.guidance_scale)
         )
-        if values is not None and self.sr_network is not None:
+        if values is not None:
             denoise = FixedChannels(denoise, downsample_nearest(values), names)
-        elif values is not None:
-            denoise = FixedChannels(denoise, values, names)
         noise = torch.randn((1, NUM_CHANNELS, *self.lowres_size), generator=generator).to(self.device)
         lowres = ddim_sample_loop(denoise, noise, self.lowres_steps, progress=self.progress)
         if self.sr_network is None:

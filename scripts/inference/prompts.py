@@ -5,7 +5,9 @@ File forms:
 - a folder: every ``*.txt`` file in it is one report, named after the file;
 - ``.csv``: one report per row, text in ``report`` or ``prompt``, or CT-RATE's ``Findings_EN`` + ``Impressions_EN``;
   an optional ``id`` (or ``VolumeName``) column names the rows;
-- ``.json``: a list of strings, or of objects with ``prompt`` or ``report`` and optional ``id``.
+- ``.json``: a list of strings, or of objects with ``prompt`` or ``report`` and optional ``id``; or a prompt-pairs
+  file of the adherence study (``{"pairs": [{"name", "finding", "negation", ...}]}``, see
+  ``scripts.evaluation.adherence``), giving each pair's two reports as ``<name>_finding`` and ``<name>_negation``.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def _from_json(path: Path) -> list[Prompt]:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if isinstance(data, dict) and "prompts" in data:
         data = data["prompts"]
+    elif isinstance(data, dict) and "pairs" in data:  # one file drives both generation and the adherence study
+        data = _pair_prompts(path, data["pairs"])
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of reports (strings or objects with 'prompt')")
     prompts = []
@@ -125,4 +129,17 @@ def _from_json(path: Path) -> list[Prompt]:
         else:
             raise ValueError(f"{where}: expected a string or an object with 'prompt'")
         prompts.append(Prompt(_safe_id(name, f"item{i:04d}"), _checked(text, where)))
+    return prompts
+
+
+def _pair_prompts(path: Path, pairs: object) -> list[dict[str, str]]:
+    if not isinstance(pairs, list):
+        raise ValueError(f"{path}: 'pairs' must be a list of objects with name, finding and negation")
+    prompts = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not all(k in pair for k in ("name", "finding", "negation")):
+            raise ValueError(f"{path} pair {i}: expected an object with name, finding and negation")
+        for side in ("finding", "negation"):
+            if all(" ".join(str(pair[side]).split()) != " ".join(str(p["prompt"]).split()) for p in prompts):
+                prompts.append({"id": f"{pair['name']}_{side}", "prompt": pair[side]})  # a shared negation once
     return prompts

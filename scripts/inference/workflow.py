@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from scripts.conventions import LOWRES_FACTOR, ras_to_network
-from scripts.data.io import write_json, write_nifti, write_text
+from scripts.conventions import LOWRES_FACTOR, SEGMENTATION_LABELS, combine_labels, lowres_affine, ras_to_network
+from scripts.data.io import ras_affine, write_json, write_nifti, write_text
 from scripts.data.transforms import build_channel_preprocessing
 from scripts.inference.pipeline import MedSynPipeline
 from scripts.inference.prompts import Prompt, read_prompts
@@ -33,18 +33,21 @@ WEIGHTS_HINT = (
     "or convert official MedSyn weights with `python -m scripts.convert_official` (large_files.yml), "
     "and point --lowres_weights / --sr_weights at the .pt files"
 )
-# Auto3DSeg takes one label map per image: lobes keep 1-5, airway and vessel are painted over them
-SEGMENTATION_LABELS = {"lobe": None, "airway": 6, "vessel": 7}
-LABEL_NAMES = {
-    0: "background",
-    1: "left upper lobe",
-    2: "left lower lobe",
-    3: "right upper lobe",
-    4: "right middle lobe",
-    5: "right lower lobe",
-    6: "airway",
-    7: "pulmonary vessel",
-}
+
+
+def model_grid(
+    description: dict[str, Any], spacing: Sequence[float] | None = None
+) -> tuple[tuple[float, float, float], int, str]:
+    """The model grid ``(spacing, size, size_mode)`` of low-res weights, from their description's ``data``.
+
+    Args:
+        description: the low-res weights' JSON description (:func:`scripts.networks.weights.read_description`).
+        spacing: voxel size in mm (x, y, z) to use instead of the training grid's.
+    """
+    data = description.get("data", {})
+    size = int(data.get("size", 64 * LOWRES_FACTOR))
+    size_mode = data.get("size_mode", "pad_crop")
+    return tuple(float(s) for s in (spacing or data.get("spacing") or (1.0, 1.0, 1.0))), size, size_mode
 
 
 def _as_bool(value: Any) -> bool:
@@ -110,10 +113,7 @@ class InferenceRunner:
         if self.sr_weights:
             sr, self.sr_info = load_network(self.sr_weights, "sr", "cpu", WEIGHTS_HINT)
         self.weights = {"lowres": str(self.lowres_weights), "sr": str(self.sr_weights) if sr is not None else None}
-        data = self.lowres_info.get("data", {})
-        self.size = int(data.get("size", 64 * LOWRES_FACTOR))
-        self.size_mode = data.get("size_mode", "pad_crop")
-        self.spacing = tuple(float(s) for s in (self.spacing_override or data.get("spacing") or (1.0, 1.0, 1.0)))
+        self.spacing, self.size, self.size_mode = model_grid(self.lowres_info, self.spacing_override)
         described = self.lowres_info.get("text_encoder") or "minilm"
         loaded = getattr(self._text_encoder, "model_id", None)
         self.text_encoder_name = self.text_encoder or loaded or described
@@ -216,6 +216,9 @@ class InferenceRunner:
         for _, _, sample_id in jobs:  # refuse before spending any compute
             self.writer.check_free(sample_id)
         fixed, affine = self.load_fixed(inputs)
+        if self.pipeline.sr_network is None:  # stage 1 only: the 64³ grid, 4x the spacing, over the same field of view
+            full = affine if affine is not None else ras_affine(self.spacing, (self.size,) * 3)
+            affine = lowres_affine(full)
         written = []
         for index, (p, sample_seed, sample_id) in enumerate(jobs, start=1):
             logger.info(f"sample {index}/{len(jobs)}: {sample_id}")
@@ -263,7 +266,12 @@ class InferenceRunner:
             items.append({"image": paths["ct"].name, "label": label_path.name, "fold": i % int(num_folds)})
         datalist = write_json(
             root / "datalist.json",
-            {"name": "MedSyn-MONAI synthetic chest CT", "synthetic": True, "labels": LABEL_NAMES, "training": items},
+            {
+                "name": "MedSyn-MONAI synthetic chest CT",
+                "synthetic": True,
+                "labels": SEGMENTATION_LABELS,
+                "training": items,
+            },
             overwrite=True,  # the index of the folder, rebuilt from what the run wrote
         )
         write_text(
@@ -283,14 +291,12 @@ class InferenceRunner:
 
 
 def _combined_label(paths: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """One sample's lobe, airway and vessel files → (label map of ``conventions.SEGMENTATION_LABELS``, affine)."""
     import nibabel as nib
 
     lobe = nib.load(str(paths["lobe"]))
-    label = np.asarray(lobe.dataobj).astype(np.uint8)
-    for name, value in SEGMENTATION_LABELS.items():
-        if value is not None:
-            label[np.asarray(nib.load(str(paths[name])).dataobj) > 0] = value
-    return label, lobe.affine
+    airway, vessel = (np.asarray(nib.load(str(paths[name])).dataobj) for name in ("airway", "vessel"))
+    return combine_labels(np.asarray(lobe.dataobj), airway, vessel), lobe.affine
 
 
 __all__ = ["InferenceRunner", "decode_sample"]

@@ -1,0 +1,360 @@
+"""The joint model as a segmentation network: a CT in, lobe / airway / vessel label scores out (MONAI Label entry).
+
+Holding the CT channel fixed while the joint CT + anatomy model samples the other three channels segments the CT
+(the ``--image`` path of the ``inference`` run). This module packages that as what MONAI bundle tools and MONAI
+Label's ``monaibundle`` app expect of ``configs/inference.json``:
+
+- :class:`JointSegmentationNetwork`: ``network_def``, one ``nn.Module`` holding both stages (state dict ``lowres.*``
+  and ``sr.*``), forward ``(B, 1, D, H, W)`` encoded CT → ``(B, 8, D, H, W)`` one-hot scores of
+  ``conventions.SEGMENTATION_LABELS``; the sampling itself is :class:`~scripts.inference.pipeline.MedSynPipeline`.
+- :func:`build_segmentation_preprocessing`: ``preprocessing``, the inference chain of
+  :func:`scripts.data.transforms.build_channel_preprocessing` plus the turn into the network layout.
+- :func:`segmentation_datalist`: the CTs of a ``segment`` run, checked before any compute;
+  :func:`check_segment_run` and :func:`run_evaluator`: the ``segment`` command's steps, failing in one line.
+- :class:`AtomicNibabelWriter`: the writer ``SaveImaged`` uses, so label maps are written atomically.
+- ``python -m scripts.inference.segmentation``: write ``models/model.pt`` from the two stages' weight files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.data import FolderLayout, MetaTensor, NibabelWriter
+from monai.transforms import Compose, Orientationd
+from monai.utils import convert_to_dst_type
+from torch import nn
+
+from scripts.conventions import (
+    AIRWAY,
+    LOBE,
+    LOWRES_FACTOR,
+    NETWORK_AXCODES,
+    NUM_SEGMENTATION_LABELS,
+    VESSEL,
+    combine_labels,
+    decode_binary,
+    decode_lobe,
+)
+from scripts.data.datalist import IMAGE_KEY
+from scripts.data.io import OutputExistsError, atomic_path
+from scripts.data.transforms import build_channel_preprocessing
+from scripts.inference.pipeline import MedSynPipeline
+from scripts.inference.workflow import WEIGHTS_HINT, _as_bool, model_grid
+from scripts.networks.unet import MedSynUNet
+from scripts.networks.weights import WeightsNotFoundError, load_network, read_description
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOWRES_WEIGHTS = "models/lowres_small.pt"
+DEFAULT_SR_WEIGHTS = "models/sr_small.pt"
+DEFAULT_EXPORT = "models/model.pt"
+EXPORT_HINT = (
+    "write it from the two stages' weights with `python -m scripts.inference.segmentation --lowres_weights "
+    f"{DEFAULT_LOWRES_WEIGHTS} --sr_weights {DEFAULT_SR_WEIGHTS} --out {DEFAULT_EXPORT}` (docs/monai_label.md)"
+)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+class JointSegmentationNetwork(nn.Module):
+    """Segment a CT with the joint model: sample lobe, airway and vessel channels with the CT channel held fixed.
+
+    Both stages run with :class:`~scripts.inference.pipeline.MedSynPipeline` (no report: the learned null
+    embedding), then the decoded lobe, airway and vessel maps are combined into one label map
+    (``conventions.combine_labels``) and returned one-hot, for ``AsDiscreted(argmax=True)``. Every sample uses the
+    same ``seed``, so a CT's labels do not depend on its batch. A forward runs the networks
+    ``steps_lowres + steps_sr`` times per CT (MedSyn's 50 + 20).
+
+    Args:
+        lowres: stage-1 network (4 → 4 channels at ``size / LOWRES_FACTOR``).
+        sr: stage-2 network (8 → 4 channels at ``size``).
+        size: spatial size (D, H, W) of the input, the full model grid (an int for a cube).
+        steps_lowres: DDIM steps of stage 1; default 50.
+        steps_sr: DDIM steps of stage 2; default 20.
+        seed: seed of the sampling noise; the same CT, seed, steps and weights give the same labels. Default 0.
+        sr_tile: super-resolution tile (D, H, W), -1 = whole axis; None (default) runs the whole volume at once.
+        sr_overlap: tile overlap fraction; default 0.25.
+        progress: show progress bars; default True.
+    """
+
+    def __init__(
+        self,
+        lowres: nn.Module,
+        sr: nn.Module,
+        size: int | Sequence[int],
+        steps_lowres: int = 50,
+        steps_sr: int = 20,
+        seed: int = 0,
+        sr_tile: Sequence[int] | None = None,
+        sr_overlap: float = 0.25,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        size = (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+        if len(size) != 3 or min(size) < 1 or any(s % LOWRES_FACTOR for s in size):
+            raise ValueError(f"size must be three positive sizes divisible by {LOWRES_FACTOR}, got {list(size)}")
+        if int(steps_lowres) < 1 or int(steps_sr) < 1:
+            raise ValueError(f"step counts must be >= 1, got steps_lowres={steps_lowres}, steps_sr={steps_sr}")
+        if int(seed) < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.lowres, self.sr = lowres, sr
+        self.size = size
+        self.steps_lowres, self.steps_sr, self.seed = int(steps_lowres), int(steps_sr), int(seed)
+        self.sr_tile = None if sr_tile is None else tuple(int(s) for s in sr_tile)
+        self.sr_overlap = float(sr_overlap)
+        self.progress = progress
+
+    @classmethod
+    def from_descriptions(
+        cls,
+        lowres_weights: str | os.PathLike,
+        sr_weights: str | os.PathLike,
+        load: bool = False,
+        **settings: Any,
+    ) -> JointSegmentationNetwork:
+        """Build the network the two stages' weight files describe (``NAME.json`` beside each ``NAME.pt``).
+
+        The architecture comes from each description's ``network`` and the input size from the low-res one's model
+        grid (``data``). Without ``load`` the weights stay random: load ``models/model.pt`` with
+        :meth:`load_weights` (or ``load_state_dict``, as MONAI Label does).
+
+        Args:
+            lowres_weights: stage-1 ``.pt`` file (its description must exist beside it).
+            sr_weights: stage-2 ``.pt`` file.
+            load: also load both stages' weights (strictly), as :func:`export_weights` does.
+            settings: :class:`JointSegmentationNetwork` keyword arguments (steps, seed, tiling, progress).
+        """
+        infos = {}
+        networks = {}
+        for stage, path in (("lowres", lowres_weights), ("sr", sr_weights)):
+            if not path:
+                raise WeightsNotFoundError(f"segmentation needs {stage} weights: {WEIGHTS_HINT}")
+            if load:
+                networks[stage], infos[stage] = load_network(path, stage, "cpu", WEIGHTS_HINT)
+            else:
+                infos[stage] = read_description(path, stage, WEIGHTS_HINT)
+                networks[stage] = MedSynUNet(**infos[stage]["network"])
+        _, size, _ = model_grid(infos["lowres"])
+        return cls(networks["lowres"], networks["sr"], size, **settings)
+
+    def load_weights(self, path: str | os.PathLike) -> JointSegmentationNetwork:
+        """Load ``models/model.pt`` (a plain state dict of both stages) strictly and return this network."""
+        path = _require_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        result = self.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"{path} does not fit the networks described by the weights' JSON files: missing "
+                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; write it again ({EXPORT_HINT})"
+            )
+        return self
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) CT encoded to [-1, 1] on the model grid, network layout → (B, 8, D, H, W) one-hot labels.
+
+        The output has the input's type, dtype and device (and its metadata for a ``MetaTensor``).
+        """
+        if image.ndim != 5 or image.shape[1] != 1:
+            raise ValueError(f"expected a (B, 1, D, H, W) CT batch, got shape {tuple(image.shape)}")
+        if tuple(image.shape[2:]) != self.size:
+            raise ValueError(
+                f"the CT has spatial shape {tuple(image.shape[2:])}, the model grid is {self.size} (D, H, W); "
+                "put it on the grid with the bundle's `preprocessing` (build_segmentation_preprocessing)"
+            )
+        pipeline = MedSynPipeline(
+            self.lowres,
+            self.sr,
+            lowres_size=[s // LOWRES_FACTOR for s in self.size],
+            lowres_steps=self.steps_lowres,
+            sr_steps=self.steps_sr,
+            sr_roi_size=self.sr_tile,
+            sr_overlap=self.sr_overlap,
+            device=next(self.lowres.parameters()).device,
+            progress=self.progress,
+        )
+        ct = image.as_tensor() if isinstance(image, MetaTensor) else image  # the sampler needs no metadata
+        scores = []
+        for one in ct:
+            volume = pipeline(None, self.seed, {"ct": one[0]}).volume
+            lobe, airway, vessel = (
+                decode_lobe(volume[LOBE]),
+                decode_binary(volume[AIRWAY]),
+                decode_binary(volume[VESSEL]),
+            )
+            label = combine_labels(lobe, airway, vessel)
+            scores.append(F.one_hot(label.long(), NUM_SEGMENTATION_LABELS).permute(3, 0, 1, 2))
+        return convert_to_dst_type(torch.stack(scores), image, dtype=image.dtype)[0]
+
+
+def build_segmentation_preprocessing(
+    lowres_weights: str | os.PathLike, spacing: Sequence[float] | None = None
+) -> Compose:
+    """The ``preprocessing`` of the segmentation entry: a NIfTI CT path in ``image`` → (1, D, H, W) network input.
+
+    The same chain that puts a fixed CT on the model grid for the ``inference`` run, so the network sees a CT exactly
+    as in training (:func:`scripts.data.transforms.build_channel_preprocessing`: check the file, ``LoadImaged``
+    channel first, check the voxels, ``Orientationd`` RAS, ``Spacingd`` bilinear, the HU window to [-1, 1] with
+    clipping, ``ResizeWithPadOrCropd`` padding with -1 or ``Resized``), then ``Orientationd`` to the network layout
+    ``conventions.NETWORK_AXCODES``. Every spatial step is invertible, for ``Invertd`` in the postprocessing.
+
+    Args:
+        lowres_weights: stage-1 weights; the model grid (spacing, size, size mode) comes from their description.
+        spacing: voxel size in mm (x, y, z) instead of the training grid's (the config's ``spacing``).
+    """
+    spacing, size, size_mode = model_grid(read_description(lowres_weights, "lowres", WEIGHTS_HINT), spacing)
+    grid = build_channel_preprocessing([IMAGE_KEY], spacing, size, size_mode)
+    # flat, so MONAI Label finds LoadImaged among the transforms (it swaps in its own loader)
+    return Compose([*grid.transforms, Orientationd(IMAGE_KEY, axcodes=NETWORK_AXCODES, labels=None)])
+
+
+def segmentation_datalist(
+    image: str | os.PathLike | None = None,
+    dataset_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    postfix: str = "seg",
+    overwrite: bool | str = False,
+) -> list[dict[str, str]]:
+    """The CTs of a ``segment`` run as ``[{"image": path}, ...]``, checked before any compute.
+
+    Args:
+        image: one NIfTI CT (the config's ``image``).
+        dataset_dir: a folder whose ``*.nii.gz`` / ``*.nii`` files (not its subfolders) are all CTs to segment.
+        output_dir: where ``SaveImaged`` writes ``<name>_<postfix>.nii.gz``; with ``overwrite`` off, an existing
+            output raises :class:`OutputExistsError` here, before any network runs. None skips the check.
+        postfix: the label maps' file-name postfix (``SaveImaged``'s ``output_postfix``).
+        overwrite: existing label maps may be replaced (bool, or "true"/"false" from the command line).
+    """
+    paths: list[Path] = []
+    if image:
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"--image {image}: no such file")
+        paths.append(Path(image))
+    if dataset_dir:
+        folder = Path(dataset_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--dataset_dir {folder}: no such folder")
+        paths += sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    paths = list(dict.fromkeys(p.resolve() for p in paths))
+    if not paths:
+        raise ValueError("nothing to segment: pass --image CT.nii.gz or --dataset_dir FOLDER (of NIfTI CTs)")
+    if output_dir is not None:
+        layout = FolderLayout(output_dir, postfix=postfix, extension=".nii.gz")
+        outputs = [Path(layout.filename(subject=str(p))) for p in paths]
+        if len(set(outputs)) != len(outputs):
+            raise ValueError(f"two inputs would write the same label map in {output_dir}; rename one of them")
+        taken = [p.name for p in outputs if p.exists()]
+        if taken and not _as_bool(overwrite):
+            raise OutputExistsError(
+                f"{output_dir}: {', '.join(taken)} already exist; pass --overwrite true or another --output_dir"
+            )
+    return [{IMAGE_KEY: str(p)} for p in paths]
+
+
+def check_segment_run(
+    image: str | os.PathLike | None = None,
+    dataset_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    postfix: str = "seg",
+    overwrite: bool | str = False,
+    lowres_weights: str | os.PathLike | None = None,
+    sr_weights: str | os.PathLike | None = None,
+    segment_weights: str | os.PathLike | None = None,
+) -> list[dict[str, str]]:
+    """First step of the ``segment`` command, before anything is built: the inputs and outputs
+    (:func:`segmentation_datalist`) and the three weight files. A failure exits with one line naming the problem.
+
+    Args:
+        image, dataset_dir, output_dir, postfix, overwrite: as in :func:`segmentation_datalist`.
+        lowres_weights, sr_weights: the two stages' weights, whose descriptions give ``network_def``.
+        segment_weights: ``models/model.pt``.
+    """
+    try:
+        items = segmentation_datalist(image, dataset_dir, output_dir, postfix, overwrite)
+        for stage, path in (("lowres", lowres_weights), ("sr", sr_weights)):
+            read_description(path or "", stage, WEIGHTS_HINT)
+        _require_file(segment_weights)
+    except Exception as err:  # one line for the command line, not a traceback
+        raise SystemExit(f"medsyn segment failed: {type(err).__name__}: {err}") from None
+    return items
+
+
+def run_evaluator(evaluator: Any) -> None:
+    """Second step of the ``segment`` command: ``evaluator.run()``; a failure exits with one line naming its root
+    cause (a bad case's :class:`~scripts.data.datalist.DataError` rather than MONAI's "applying transform")."""
+    try:
+        evaluator.run()
+    except Exception as err:
+        while err.__cause__ is not None:
+            err = err.__cause__
+        raise SystemExit(f"medsyn segment failed: {type(err).__name__}: {err}") from None
+
+
+def _require_file(path: str | os.PathLike | None) -> Path:
+    if not path or not Path(path).is_file():
+        raise WeightsNotFoundError(f"no segmentation weights at {path}: {EXPORT_HINT}")
+    return Path(path)
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's NIfTI writer, writing through :func:`scripts.data.io.atomic_path`: under a temporary name, then
+    renamed, so an interrupted run never leaves a partial label map. Whether a file may be replaced is decided
+    before any compute (:func:`segmentation_datalist`)."""
+
+    def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
+        with atomic_path(filename, overwrite=True) as tmp:
+            super().write(tmp, verbose=verbose, **obj_kwargs)
+
+
+def export_weights(
+    lowres_weights: str | os.PathLike,
+    sr_weights: str | os.PathLike,
+    out: str | os.PathLike = DEFAULT_EXPORT,
+    overwrite: bool = False,
+) -> Path:
+    """Write both stages' weights as one plain state dict (``lowres.*``, ``sr.*``): the bundle's ``models/model.pt``.
+
+    It loads into ``network_def`` with ``load_state_dict(strict=True)``, as MONAI Label does. Written atomically;
+    an existing file is kept unless ``overwrite`` (checked before loading anything).
+
+    Args:
+        lowres_weights: stage-1 weights (``.pt`` beside its ``.json`` description).
+        sr_weights: stage-2 weights.
+        out: the file to write.
+        overwrite: replace an existing ``out``.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+    network = JointSegmentationNetwork.from_descriptions(lowres_weights, sr_weights, load=True)
+    state = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        torch.save(state, tmp)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.inference.segmentation",
+        description="Write the segmentation entry's weights (models/model.pt) from the two stages' weight files.",
+    )
+    parser.add_argument("--lowres_weights", default=DEFAULT_LOWRES_WEIGHTS, help="stage-1 .pt (with its .json)")
+    parser.add_argument("--sr_weights", default=DEFAULT_SR_WEIGHTS, help="stage-2 .pt (with its .json)")
+    parser.add_argument("--out", default=DEFAULT_EXPORT, help="the state dict to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    try:
+        out = export_weights(args.lowres_weights, args.sr_weights, args.out, args.overwrite)
+    except Exception as err:  # one line for the command line, not a traceback
+        raise SystemExit(f"medsyn segmentation export failed: {type(err).__name__}: {err}") from None
+    print(f"wrote {out} (lowres {args.lowres_weights} + sr {args.sr_weights})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
