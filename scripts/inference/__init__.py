@@ -5,6 +5,8 @@
 - :mod:`.prompts`: reading reports from the command line, text, CSV or JSON files.
 - :mod:`.writer`: NIfTI + JSON sidecar + PNG per sample, atomic and never silently overwritten.
 - :mod:`.workflow`: the ``inference`` and ``synthesize`` runs of ``configs/inference.json``.
+- :mod:`.segmentation`: the joint model as a segmentation network, the ``segment`` run and MONAI Label's entry
+  (``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``, ``models/model.pt``).
 """
 
 from scripts.inference.pipeline import MedSynPipeline, PipelineOutput
