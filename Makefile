@@ -42,5 +42,9 @@ format: $(LINT_STAMP)
 	$(PY) -m isort --quiet $(CODE)
 	$(PY) .ci/check_json.py --fix configs models
 
+# the release archive as the model zoo distributes it: outputs/bundle/medsyn_monai_<version>.zip, replaced if present
+bundle: $(STAMP)
+	$(PY) .ci/package_bundle.py --out outputs/bundle --overwrite
+
 clean:
 	rm -rf outputs .pytest_cache

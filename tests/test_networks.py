@@ -167,3 +167,22 @@ def test_runs_under_autocast(lowres):
     assert out.shape == reference.shape and torch.isfinite(out).all()
     # bfloat16 keeps 8 bits of mantissa: ~3 % mean deviation here; garbage or a dtype bug gives ~100 %
     assert (out.float()[1] - reference[1]).abs().mean() < 0.15 * reference.abs().mean()
+
+
+def test_checkpointing_wraps_each_level_bottleneck_block_and_head_only_with_gradients(monkeypatch):
+    import scripts.networks.blocks as blocks
+
+    calls = []
+    real = blocks.checkpoint
+    monkeypatch.setattr(blocks, "checkpoint", lambda fn, *args, **kw: calls.append(fn) or real(fn, *args, **kw))
+    net = build_network("tiny", "lowres", use_checkpointing=True)
+    x, text = _inputs(net), _text(net)
+    with torch.no_grad():
+        net(x, TIME, text)
+    assert calls == []  # nothing to recompute without gradients
+    net(x, TIME, text)
+    # 4 encoder levels, bottleneck res_in + 4 units + res_out, 4 decoder levels, head; no nested checkpoints
+    assert len(calls) == 4 + 6 + 4 + 1
+    net.use_checkpointing = False
+    net(x, TIME, text)
+    assert len(calls) == 15 and not net.use_checkpointing

@@ -5,6 +5,8 @@ Public API:
     build_network(preset, stage)   a registered size ("paper", "small", "tiny") of stage "lowres" or "sr"
     from_official_state_dict(...)  a network holding the weights of an official MedSyn checkpoint
     save_network / load_network    the bundle's weight files: NAME.pt (state dict) + NAME.json (which network)
+
+Not imported here: :mod:`.export` (TorchScript / ``torch.export`` files, ``python -m scripts.networks.export``).
 """
 
 from .official import (

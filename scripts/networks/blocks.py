@@ -11,12 +11,15 @@ never reshapes a tensor); the names are ours.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
+    "Checkpointable",
     "SinusoidalEmbedding",
     "TimeEmbedding",
     "ConvNormAct",
@@ -30,6 +33,22 @@ __all__ = [
 
 SLICE_KERNEL = (1, 3, 3)
 VOLUME_KERNEL = (3, 3, 3)
+
+
+class Checkpointable(nn.Module):
+    """A block that can recompute its activations in the backward pass instead of storing them.
+
+    Setting ``checkpointing = True`` (done by ``MedSynUNet.use_checkpointing``) makes each call with gradients
+    enabled run through ``torch.utils.checkpoint``. This lives in ``__call__``, not in ``forward``, so ``forward``
+    stays plain: TorchScript compiles ``forward`` alone and a scripted network never checkpoints.
+    """
+
+    checkpointing = False  # no annotation: TorchScript cannot resolve string annotations of class attributes
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(super().__call__, *args, use_reentrant=False, **kwargs)
+        return super().__call__(*args, **kwargs)
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -104,7 +123,7 @@ class ConvNormAct(nn.Module):
         return F.silu(x)
 
 
-class ResBlock(nn.Module):
+class ResBlock(Checkpointable):
     """Residual block of two :class:`ConvNormAct`, the first modulated by the time embedding (FiLM).
 
     Args:
@@ -127,12 +146,12 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor | None = None) -> torch.Tensor:
-        scale_shift = None
+        scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.time_proj is not None:
             if time_emb is None:
                 raise ValueError("this ResBlock is time-conditioned: pass time_emb of shape (B, time_dim)")
-            film = self.time_proj(F.silu(time_emb))[:, :, None, None, None]
-            scale_shift = film.chunk(2, dim=1)
+            scale, shift = self.time_proj(F.silu(time_emb))[:, :, None, None, None].chunk(2, dim=1)
+            scale_shift = (scale, shift)
         h = self.conv2(self.conv1(x, scale_shift))
         return h + self.skip(x)
 
@@ -203,7 +222,8 @@ class SpatialSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, d, h, w = x.shape
         tokens = x.permute(0, 2, 3, 4, 1).reshape(b * d, h * w, c)  # one sequence per slice
-        q, k, v = (_split_heads(part, self.heads) for part in self.to_qkv(tokens).chunk(3, dim=-1))
+        # a list comprehension, not a generator: TorchScript compiles only the former
+        q, k, v = [_split_heads(part, self.heads) for part in self.to_qkv(tokens).chunk(3, dim=-1)]
         out = self.to_out(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
         return out.view(b, d, h, w, c).permute(0, 4, 1, 2, 3)
 

@@ -9,15 +9,15 @@ this is what keeps the memory of a 3D diffusion network low.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .blocks import (
     ChannelLayerNorm,
+    Checkpointable,
     ResBlock,
     SpatialSelfAttention,
     TextCrossAttention,
@@ -29,7 +29,7 @@ from .blocks import (
 __all__ = ["EncoderLevel", "DecoderLevel", "BottleneckUnit", "Bottleneck", "OutputHead", "MedSynUNet"]
 
 
-class EncoderLevel(nn.Module):
+class EncoderLevel(Checkpointable):
     """ResBlock(in→out), ResBlock(out), keep the skip, halve H and W (all but the last level), volumetric ResBlock.
 
     Args:
@@ -55,7 +55,7 @@ class EncoderLevel(nn.Module):
         return self.res3d(self.down(x), time_emb), skip
 
 
-class DecoderLevel(nn.Module):
+class DecoderLevel(Checkpointable):
     """Concatenate the skip, ResBlock(2·out→in), double H and W (all but the last level), ResBlock(in), volumetric
     ResBlock(in). This is the order used in training; the official inference scripts upsample last instead.
 
@@ -81,7 +81,16 @@ class DecoderLevel(nn.Module):
         return self.res3d(self.res2(x, time_emb), time_emb)
 
 
-class BottleneckUnit(nn.Module):
+@torch.jit.interface
+class VolumeModule(nn.Module):
+    """The argument type of a module passed to another's forward (the shared self-attention): TorchScript checks a
+    module argument against an interface, so networks of different widths script in one process."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, D, H, W) → (B, C, D, H, W)
+        pass  # an interface body must be exactly `pass`
+
+
+class BottleneckUnit(Checkpointable):
     """Pre-norm self-attention (weights passed in, so units can share them), optional pre-norm text
     cross-attention, volumetric ResBlock.
 
@@ -113,10 +122,12 @@ class BottleneckUnit(nn.Module):
         x: torch.Tensor,
         time_emb: torch.Tensor,
         context: torch.Tensor | None,
-        self_attn: SpatialSelfAttention,
+        self_attn: VolumeModule,
     ) -> torch.Tensor:
-        x = x + self_attn(self.attn_norm(x))
+        x = x + self_attn.forward(self.attn_norm(x))  # TorchScript calls a module argument only through forward
         if self.cross_attn is not None:
+            if context is None:
+                raise ValueError("this bottleneck unit attends to text: pass context of shape (B, tokens, H)")
             x = x + self.cross_attn(self.cross_norm(x), context)
         return self.res3d(x, time_emb)
 
@@ -153,22 +164,15 @@ class Bottleneck(nn.Module):
         )
         self.res_out = ResBlock(channels, channels, time_dim, groups)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        time_emb: torch.Tensor,
-        context: torch.Tensor | None,
-        run: Callable[..., Any] | None = None,
-    ) -> torch.Tensor:
-        """(B, C, D, H, W) → (B, C, D, H, W); ``run(module, *args)`` wraps each sub-block (e.g. checkpointing)."""
-        run = run or (lambda module, *args: module(*args))
-        x = run(self.res_in, x, time_emb)
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """(B, C, D, H, W) → (B, C, D, H, W)."""
+        x = self.res_in(x, time_emb)
         for unit in self.units:
-            x = run(unit, x, time_emb, context, self.self_attn)
-        return run(self.res_out, x, time_emb)
+            x = unit(x, time_emb, context, self.self_attn)
+        return self.res_out(x, time_emb)
 
 
-class OutputHead(nn.Module):
+class OutputHead(Checkpointable):
     """Concatenate the stem features, ResBlock(2d→d) without time, 1×1×1 conv to the output channels."""
 
     def __init__(self, width: int, out_channels: int, groups: int) -> None:
@@ -197,8 +201,12 @@ class MedSynUNet(nn.Module):
         stem_kernel: odd kernel size of the cubic stem convolution (MedSyn: 7).
         use_checkpointing: recompute each level / bottleneck unit in the backward pass to save memory.
 
-    Forward: see :meth:`forward`.
+    Forward: see :meth:`forward`. ``forward`` is TorchScript-compatible (``torch.jit.script``) and exports with
+    ``torch.export`` (scripts/networks/export.py); checkpointing applies to eager training only.
     """
+
+    # properties TorchScript must not compile (Python-only values)
+    __jit_unused_properties__ = ["config", "use_checkpointing"]
 
     def __init__(
         self,
@@ -229,7 +237,7 @@ class MedSynUNet(nn.Module):
             )
         if stem_kernel % 2 == 0:
             raise ValueError(f"stem_kernel must be odd, got {stem_kernel}")
-        self._config: dict[str, Any] = dict(
+        self._config = dict(  # no annotation: TorchScript warns about annotated attributes in __init__
             in_channels=in_channels,
             out_channels=out_channels,
             width=width,
@@ -245,7 +253,6 @@ class MedSynUNet(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.context_dim, self.text_tokens = context_dim, text_tokens
         self.num_levels = len(widths)
-        self.use_checkpointing = use_checkpointing
 
         self.stem = nn.Conv3d(in_channels, width, stem_kernel, padding=stem_kernel // 2)
         self.time_embed = TimeEmbedding(width)
@@ -267,6 +274,7 @@ class MedSynUNet(nn.Module):
             for i, (cin, cout) in enumerate(reversed(level_io))
         )
         self.head = OutputHead(width, out_channels, norm_groups)
+        self.use_checkpointing = use_checkpointing
 
     @property
     def config(self) -> dict[str, Any]:
@@ -276,57 +284,65 @@ class MedSynUNet(nn.Module):
     @property
     def hw_multiple(self) -> int:
         """H and W must be multiples of this (2 ** (levels - 1))."""
-        return 2 ** (self.num_levels - 1)
+        return 1 << (self.num_levels - 1)  # an int also under TorchScript, where int ** int is a float
+
+    @property
+    def use_checkpointing(self) -> bool:
+        """Recompute each level, bottleneck block and the head in the backward pass (eager mode only)."""
+        return self.head.checkpointing
+
+    @use_checkpointing.setter
+    def use_checkpointing(self, value: bool) -> None:
+        b = self.bottleneck
+        for block in [*self.encoder, b.res_in, *b.units, b.res_out, *self.decoder, self.head]:
+            block.checkpointing = bool(value)
 
     # --- input handling --------------------------------------------------------------------------------------
 
     def _check_inputs(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        # shapes are printed as lists: TorchScript has no tuple(list)
         if x.ndim != 5:
-            raise ValueError(f"x must be (B, C, D, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(f"x must be (B, C, D, H, W), got shape {list(x.shape)}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x has {x.shape[1]} channels but the network takes in_channels={self.in_channels}")
         m = self.hw_multiple
         if x.shape[3] % m or x.shape[4] % m:
             raise ValueError(
-                f"H and W must be multiples of {m} for {self.num_levels} levels, got {tuple(x.shape[3:])}: "
+                f"H and W must be multiples of {m} for {self.num_levels} levels, got {list(x.shape[3:])}: "
                 "pad or crop the volume"
             )
         timesteps = torch.as_tensor(timesteps, device=x.device)
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
-        if timesteps.shape != (x.shape[0],):
-            raise ValueError(f"timesteps must have shape (B,)=({x.shape[0]},), got {tuple(timesteps.shape)}")
+        if timesteps.ndim != 1 or timesteps.shape[0] != x.shape[0]:
+            raise ValueError(f"timesteps must have shape (B,)=({x.shape[0]},), got {list(timesteps.shape)}")
         return timesteps.float()
 
     def _resolve_context(
         self, batch: int, context: torch.Tensor | None, drop_context: torch.Tensor | None
     ) -> torch.Tensor | None:
-        if self.context_dim is None:
+        null_context = self.null_context  # a local, so TorchScript can tell None from a tensor
+        if null_context is None:
             if context is not None:
                 raise ValueError("this network has no text conditioning (context_dim=None): pass context=None")
             return None  # drop_context is a no-op without text
-        null = self.null_context.expand(batch, -1, -1)
+        null = null_context.expand(batch, -1, -1)
         if context is None:
             return null
-        expected = (batch, self.text_tokens, self.context_dim)
-        if tuple(context.shape) != expected:
-            raise ValueError(f"context must have shape (B, tokens, H)={expected}, got {tuple(context.shape)}")
+        expected = [batch, self.text_tokens, null_context.shape[2]]
+        if list(context.shape) != expected:
+            raise ValueError(f"context must have shape (B, tokens, H)={expected}, got {list(context.shape)}")
         if drop_context is None:
             return context
         drop_context = torch.as_tensor(drop_context, device=context.device)
-        if drop_context.shape != (batch,) or drop_context.dtype != torch.bool:
+        if drop_context.ndim != 1 or drop_context.shape[0] != batch or drop_context.dtype != torch.bool:
             raise ValueError(
                 f"drop_context must be a bool tensor of shape ({batch},), got "
-                f"{drop_context.dtype} {tuple(drop_context.shape)}"
+                f"{drop_context.dtype} {list(drop_context.shape)}"
             )
         return torch.where(drop_context[:, None, None], null.to(context.dtype), context)
 
     # --- forward -------------------------------------------------------------------------------------------------
-
-    def _run(self, module: nn.Module, *args: Any) -> Any:
-        if self.use_checkpointing and torch.is_grad_enabled():
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
 
     def forward(
         self,
@@ -354,12 +370,12 @@ class MedSynUNet(nn.Module):
 
         x = self.stem(x)
         stem = x
-        skips = []
+        skips: list[torch.Tensor] = []
         for level in self.encoder:
-            x, skip = self._run(level, x, time_emb)
+            x, skip = level(x, time_emb)
             skips.append(skip)
 
-        x = self.bottleneck(x, time_emb, context, run=self._run)
+        x = self.bottleneck(x, time_emb, context)
         for level in self.decoder:
-            x = self._run(level, x, skips.pop(), time_emb)
-        return self._run(self.head, x, stem)
+            x = level(x, skips.pop(), time_emb)
+        return self.head(x, stem)

@@ -1,0 +1,104 @@
+"""The release archive (.ci/package_bundle.py, `make bundle`): what it holds, that it is reproducible, and that the
+unpacked bundle runs `python -m monai.bundle run inference` from its own folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from scripts.data.io import OutputExistsError
+from scripts.networks import build_network, load_network, preset_config, save_network
+
+REPO = Path(__file__).resolve().parents[1]
+VERSION = json.loads((REPO / "configs/metadata.json").read_text())["version"]
+DEMO_WEIGHTS = ("lowres_small.pt", "sr_small.pt")
+
+
+def _packer():
+    spec = importlib.util.spec_from_file_location("package_bundle", REPO / ".ci" / "package_bundle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> tuple[Path, list[str]]:
+    path, entries = _packer().write_bundle_zip(REPO, tmp_path_factory.mktemp("zip"))
+    return path, [name for name, _ in entries]
+
+
+def test_archive_holds_the_bundle_folder_and_nothing_else(archive):
+    path, entries = archive
+    assert path.name == f"medsyn_monai_{VERSION}.zip"
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert zf.testzip() is None
+    assert names == entries == sorted(names)
+    assert {name.split("/")[0] for name in names} == {"medsyn_monai"}
+    tops = {name.split("/")[1] for name in names}
+    assert tops == {"configs", "scripts", "models", "docs", "LICENSE", "large_files.yml", "README.md"}
+    for needed in ("configs/metadata.json", "configs/inference.json", "configs/logging.conf", "scripts/__init__.py"):
+        assert f"medsyn_monai/{needed}" in names
+    assert "medsyn_monai/docs/README.md" in names and "medsyn_monai/models/README.md" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/." in n]
+
+
+def test_archive_is_reproducible_and_not_overwritten_silently(archive, tmp_path):
+    path, _ = archive
+    packer = _packer()
+    again, _ = packer.write_bundle_zip(REPO, tmp_path)
+    assert again.read_bytes() == path.read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        packer.write_bundle_zip(REPO, tmp_path)
+    with zipfile.ZipFile(path) as zf:
+        assert {info.date_time for info in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+
+
+def _tiny_demo_weights(models: Path) -> None:
+    """Tiny stand-ins at the names configs/inference.json expects (text width 384 = the default MiniLM encoder)."""
+    torch.manual_seed(0)
+    data = {"spacing": [10.0, 10.0, 10.0], "size": 32, "size_mode": "pad_crop"}
+    lowres = {**preset_config("tiny", "lowres"), "context_dim": 384}
+    net = build_network("tiny", "lowres", context_dim=384)
+    save_network(models / DEMO_WEIGHTS[0], net, lowres, "lowres", text_encoder="minilm", data=data)
+    save_network(models / DEMO_WEIGHTS[1], build_network("tiny", "sr"), preset_config("tiny", "sr"), "sr", data=data)
+
+
+@pytest.mark.slow
+def test_unpacked_bundle_runs_inference_from_its_own_folder(archive, tmp_path):
+    """Shipped demo weights are used as they are (stage 1 only, to stay fast); until they exist, tiny stand-ins
+    under their names run both stages."""
+    with zipfile.ZipFile(archive[0]) as zf:
+        zf.extractall(tmp_path)
+    bundle = tmp_path / "medsyn_monai"
+    shipped = all((bundle / "models" / name).is_file() for name in DEMO_WEIGHTS)
+    if not shipped:
+        _tiny_demo_weights(bundle / "models")
+    for weights in (bundle / "models").glob("*.pt"):  # every shipped weight file loads with its description
+        load_network(weights)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # `scripts` must come from the bundle folder
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.json"]
+    command += ["--output_dir", str(out), "--steps_lowres", "1", "--steps_sr", "1", "--sr_tile", "[16,-1,-1]"]
+    command += ["--device", "cpu", "--seed", "3"] + (["--sr_weights", ""] if shipped else [])
+    run = subprocess.run(command, cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    sidecar = json.loads((out / "prompt_seed3.json").read_text())
+    assert sidecar["synthetic"] is True and (out / "prompt_seed3_ct.nii.gz").is_file()
+    assert (bundle / sidecar["weights"]["lowres"]).resolve() == (bundle / "models" / DEMO_WEIGHTS[0]).resolve()
+    found = subprocess.run(
+        [sys.executable, "-c", "import scripts; print(scripts.__file__)"],
+        cwd=bundle,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert Path(found.stdout.strip()).resolve().is_relative_to(bundle.resolve())
