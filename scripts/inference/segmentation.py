@@ -48,7 +48,7 @@ from scripts.data.transforms import build_channel_preprocessing
 from scripts.inference.pipeline import MedSynPipeline
 from scripts.inference.workflow import WEIGHTS_HINT, _as_bool, model_grid
 from scripts.networks.unet import MedSynUNet
-from scripts.networks.weights import WeightsNotFoundError, load_network, read_description
+from scripts.networks.weights import WeightsNotFoundError, load_network, load_state, read_description
 
 logger = logging.getLogger(__name__)
 
@@ -145,15 +145,12 @@ class JointSegmentationNetwork(nn.Module):
 
     def load_weights(self, path: str | os.PathLike) -> JointSegmentationNetwork:
         """Load ``models/model.pt`` (a plain state dict of both stages) strictly and return this network."""
-        path = _require_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        result = self.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"{path} does not fit the networks described by the weights' JSON files: missing "
-                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; write it again ({EXPORT_HINT})"
-            )
-        return self
+        return load_state(
+            self,
+            _require_file(path),
+            "the networks described by the weights' JSON files",
+            f"write it again ({EXPORT_HINT})",
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) CT encoded to [-1, 1] on the model grid, network layout → (B, 8, D, H, W) one-hot labels.

@@ -93,12 +93,30 @@ def load_network(
         hint: appended to the missing-file error (how to get the weights).
     """
     info = read_description(path, stage, hint)
-    network = MedSynUNet(**info["network"])
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    result = network.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path} does not fit its described network: missing {result.missing_keys[:5]}"
-            f"{'...' if len(result.missing_keys) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
-        )
+    network = load_state(MedSynUNet(**info["network"]), path, "its described network")
     return network.to(device).eval(), info
+
+
+def load_state(module: torch.nn.Module, path: str | os.PathLike, fits: str, fix: str = "") -> torch.nn.Module:
+    """Load a plain state dict file into ``module`` strictly (``weights_only``), with a one-line error.
+
+    Args:
+        module: the network to fill.
+        path: the state dict file.
+        fits: what the file must fit, for the error ("its described network").
+        fix: appended to the error (how to get a matching file).
+
+    Raises:
+        ValueError: missing or unexpected keys (the first five of each named); nothing is loaded partially.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    keys = set(module.state_dict())
+    missing, unexpected = sorted(keys - set(state)), sorted(set(state) - keys)
+    if missing or unexpected:
+        more = "..." if len(missing) > 5 or len(unexpected) > 5 else ""
+        raise ValueError(
+            f"{path} does not fit {fits}: missing {missing[:5]}, unexpected {unexpected[:5]}{more}"
+            + (f"; {fix}" if fix else "")
+        )
+    module.load_state_dict(state)
+    return module
