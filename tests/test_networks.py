@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scripts.networks import PRESETS, MedSynUNet, build_network, parameter_counts
+from scripts.networks import (
+    PRESETS,
+    MedSynUNet,
+    build_network,
+    load_network,
+    load_state,
+    parameter_counts,
+    preset_config,
+    save_network,
+)
 
 TIME = torch.tensor([500.0, 20.0])
 
@@ -186,3 +195,17 @@ def test_checkpointing_wraps_each_level_bottleneck_block_and_head_only_with_grad
     net.use_checkpointing = False
     net(x, TIME, text)
     assert len(calls) == 15 and not net.use_checkpointing
+
+
+def test_weights_round_trip_and_a_mismatched_file_fails_in_one_line(tmp_path):
+    network = build_network("tiny", "sr")
+    path = save_network(tmp_path / "sr.pt", network, preset_config("tiny", "sr"), "sr", data={"size": 32})
+    loaded, info = load_network(path, "sr")
+    assert info["stage"] == "sr" and info["data"] == {"size": 32}
+    for name, tensor in network.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="lowres weights are needed"):
+        load_network(path, "lowres")
+    other = build_network("tiny", "lowres")
+    with pytest.raises(ValueError, match=r"does not fit its described network: missing \[.*unexpected \[.*; retrain"):
+        load_state(other, path, "its described network", "retrain")

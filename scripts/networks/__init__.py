@@ -20,4 +20,4 @@ from .official import (
 )
 from .presets import PRESETS, STAGES, build_network, parameter_counts, preset_config, register_preset
 from .unet import MedSynUNet
-from .weights import WeightsNotFoundError, load_network, read_description, save_network
+from .weights import WeightsNotFoundError, load_network, load_state, read_description, save_network
