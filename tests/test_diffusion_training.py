@@ -12,6 +12,7 @@ from scripts.conventions import TEXT_TOKENS
 from scripts.diffusion import (
     ContinuousDDIMScheduler,
     LowResPrepareBatch,
+    MaskedMSELoss,
     SuperResolutionPrepareBatch,
     degrade_for_super_resolution,
     downsample_nearest,
@@ -182,3 +183,36 @@ def test_supervised_trainer_runs_with_the_prepare_batch(stage):
         assert net.seen[0]["context"].shape == (2, TEXT_TOKENS, 8) and net.seen[0]["drop_context"].shape == (2,)
     else:
         assert net.seen[0]["context"] is None
+
+
+# --- loss ------------------------------------------------------------------------------------------------------
+
+
+def test_masked_mse_is_mse_over_present_channels():
+    loss = MaskedMSELoss()
+    pred, x0 = volume(2, 4, 4, 4, 4, seed=1), volume(2, 4, 4, 4, 4, seed=2)
+    torch.testing.assert_close(loss(pred, x0), torch.nn.functional.mse_loss(pred, x0))
+    torch.testing.assert_close(loss(pred, (x0, torch.ones(2, 4))), torch.nn.functional.mse_loss(pred, x0))
+    mask = torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 1]])
+    expected = torch.cat([(pred - x0)[0, :1].flatten(), (pred - x0)[1].flatten()]).square().mean()
+    torch.testing.assert_close(loss(pred, (x0, mask)), expected)
+    changed = pred.clone()
+    changed[0, 1:] += 5  # a missing channel's prediction does not count
+    torch.testing.assert_close(loss(changed, (x0, mask)), expected)
+    assert MaskedMSELoss.batch_size((x0, mask)) == 2 and MaskedMSELoss.batch_size(x0) == 2
+    with pytest.raises(ValueError, match=r"channel_mask must have shape \(B, C\)"):
+        loss(pred, (x0, torch.ones(2, 3)))
+    with pytest.raises(ValueError, match="every channel"):
+        loss(pred, (x0, torch.zeros(2, 4)))
+
+
+def test_prepare_batches_pass_the_channel_mask_with_the_target():
+    batch = {"image": volume(2, 4, 8, 8, 8), "context": torch.zeros(2, TEXT_TOKENS, 8), "mask": torch.ones(2, 4)}
+    _, target, _, _ = LowResPrepareBatch(channel_mask_key="mask", generator=0)(batch)
+    assert torch.equal(target[0], batch["image"]) and torch.equal(target[1], batch["mask"])
+    _, target, _, _ = SuperResolutionPrepareBatch(channel_mask_key="mask", generator=0)(batch)
+    assert torch.equal(target[0], batch["image"]) and torch.equal(target[1], batch["mask"])
+    _, target, _, _ = LowResPrepareBatch(generator=0)(batch)
+    assert torch.equal(target, batch["image"])
+    with pytest.raises(KeyError, match="no key 'channel_mask'"):
+        LowResPrepareBatch(channel_mask_key="channel_mask")(batch)

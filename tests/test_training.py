@@ -154,6 +154,30 @@ def test_stage2_trains_on_crops_and_exports(shared, tmp_path):
     assert network.in_channels == 8 and meta["ema_decay"] == 0.995
 
 
+@pytest.mark.parametrize("config, stage", [(TRAIN, "lowres"), (TRAIN_SR, "sr")])
+def test_text_only_cases_train_on_the_channels_they_have(shared, tmp_path, config, stage):
+    """allow_missing_masks: a case without masks trains only its CT channel (masked loss), validation too."""
+    datalist = json.loads(Path(shared["datalist"]).read_text())
+    for key in ("lobe", "airway", "vessel"):
+        del datalist["training"][0][key]
+    path = tmp_path / "text_only.json"
+    path.write_text(json.dumps(datalist))
+    root = str(Path(shared["datalist"]).parent)
+    settings = overrides(
+        shared, tmp_path / "run", stage, datalist=str(path), dataset_dir=root, allow_missing_masks=True, val_interval=2
+    )
+    wf = workflow(config, settings)
+    targets = []
+    wf.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: targets.append(engine.state.output["label"])
+    )
+    wf.run()
+    masks = sorted(tuple(target[1][0].tolist()) for target in targets)
+    assert masks == [(1.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0, 1.0)]  # the text-only case, then a full one
+    assert torch.isfinite(torch.tensor(wf.parser.get_parsed_content("validate#evaluator").state.metrics["val_loss"]))
+    wf.finalize()
+
+
 def test_loss_decreases_when_overfitting_one_batch(shared, tmp_path):
     """50 iterations on one fixed case: the seeded validation loss (same t and noise each time) must fall."""
     one = json.loads(Path(shared["datalist"]).read_text())["training"][:1]

@@ -8,6 +8,7 @@
 - :mod:`.sampler`: the one DDIM loop over a denoiser.
 - :mod:`.conditioning`: nearest ×4 resampling and the super-resolution training condition.
 - :mod:`.prepare_batch`: prepare-batch callables for MONAI's ``SupervisedTrainer``.
+- :mod:`.losses`: the x0 MSE, optionally over the channels a sample has (text-only data).
 
 Training (either stage): ``SupervisedTrainer(..., network=net, loss_function=torch.nn.MSELoss(),
 prepare_batch=LowResPrepareBatch())`` (or ``SuperResolutionPrepareBatch()``); the default ``SimpleInferer`` then
@@ -32,6 +33,7 @@ from .denoisers import (
     SuperResolutionDenoiser,
     channel_indices,
 )
+from .losses import MaskedMSELoss
 from .prepare_batch import ContinuousDiffusionPrepareBatch, LowResPrepareBatch, SuperResolutionPrepareBatch
 from .rng import as_generator
 from .sampler import SamplerStep, ddim_sample_loop, sample_ddim

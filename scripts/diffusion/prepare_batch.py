@@ -4,7 +4,8 @@
 ``(inputs, targets, args, kwargs)``, runs ``inferer(inputs, network, *args, **kwargs)`` (the default
 ``SimpleInferer`` is ``network(inputs, *args, **kwargs)``) and ``loss_function(pred, targets)``. So with these
 classes the trainer computes MedSyn's loss, plain MSE between the network's x̂0 and x0, with
-``loss_function=torch.nn.MSELoss()`` and no diffusion-specific inferer.
+``loss_function=torch.nn.MSELoss()`` (or :class:`~scripts.diffusion.losses.MaskedMSELoss`, which also takes the
+``(x0, channel_mask)`` targets of ``channel_mask_key``) and no diffusion-specific inferer.
 
 Both classes subclass MONAI's ``DiffusionPrepareBatch`` and keep its hooks (``get_noise``, ``get_timesteps``,
 ``get_target``), with continuous float timesteps ``t * 1000`` and x0 as the target.
@@ -34,6 +35,8 @@ class ContinuousDiffusionPrepareBatch(DiffusionPrepareBatch):
         scheduler: provides ``add_noise`` and the time scale; default ``ContinuousDDIMScheduler()``.
         image_key: batch key of the clean volume x0 (B, C, *spatial) in [-1, 1]; default ``"image"``.
         generator: optional int seed or generator for t and the noise (reproducible training draws).
+        channel_mask_key: batch key of a (B, C) mask of present channels (text-only data); when given the target
+            is ``(x0, channel_mask)`` for :class:`~scripts.diffusion.losses.MaskedMSELoss`. Default None: x0 alone.
     """
 
     def __init__(
@@ -41,11 +44,13 @@ class ContinuousDiffusionPrepareBatch(DiffusionPrepareBatch):
         scheduler: ContinuousDDIMScheduler | None = None,
         image_key: str = "image",
         generator: int | torch.Generator | None = None,
+        channel_mask_key: str | None = None,
     ) -> None:
         self.scheduler = scheduler if scheduler is not None else ContinuousDDIMScheduler()
         super().__init__(num_train_timesteps=self.scheduler.num_train_timesteps, condition_name=None)
         self.image_key = image_key
         self.generator = as_generator(generator)
+        self.channel_mask_key = channel_mask_key
 
     def get_noise(self, images: torch.Tensor) -> torch.Tensor:
         """Standard normal noise shaped like ``images``."""
@@ -83,6 +88,19 @@ class ContinuousDiffusionPrepareBatch(DiffusionPrepareBatch):
         x_t = self.scheduler.add_noise(images, noise, timesteps)
         return x_t, self.get_target(images, noise, timesteps), timesteps
 
+    def _loss_target(
+        self,
+        batchdata: Mapping[str, Any],
+        target: torch.Tensor,
+        device: str | torch.device | None,
+        non_blocking: bool,
+        **kwargs: Any,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``target``, or ``(target, channel_mask)`` when a channel-mask key is set."""
+        if self.channel_mask_key is None:
+            return target
+        return target, self._get(batchdata, self.channel_mask_key, device, non_blocking, **kwargs)
+
     def __call__(
         self,
         batchdata: Mapping[str, Any],
@@ -92,7 +110,7 @@ class ContinuousDiffusionPrepareBatch(DiffusionPrepareBatch):
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         """Args ``batchdata``, ``device``, ``non_blocking`` and ``kwargs`` (for ``Tensor.to``) as in Ignite/MONAI."""
         x_t, target, timesteps = self._noised(batchdata, device, non_blocking, **kwargs)
-        return x_t, target, (timesteps,), {}
+        return x_t, self._loss_target(batchdata, target, device, non_blocking, **kwargs), (timesteps,), {}
 
 
 class LowResPrepareBatch(ContinuousDiffusionPrepareBatch):
@@ -108,6 +126,7 @@ class LowResPrepareBatch(ContinuousDiffusionPrepareBatch):
         drop_prob: probability of replacing a sample's context by the null embedding; default 0.1; 0 leaves
             ``drop_context`` out.
         generator: optional int seed or generator for t, the noise and the dropout.
+        channel_mask_key: see :class:`ContinuousDiffusionPrepareBatch`.
     """
 
     def __init__(
@@ -117,10 +136,11 @@ class LowResPrepareBatch(ContinuousDiffusionPrepareBatch):
         context_key: str | None = "context",
         drop_prob: float = DEFAULT_DROP_PROB,
         generator: int | torch.Generator | None = None,
+        channel_mask_key: str | None = None,
     ) -> None:
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
-        super().__init__(scheduler, image_key, generator)
+        super().__init__(scheduler, image_key, generator, channel_mask_key)
         self.context_key = context_key
         self.drop_prob = drop_prob
 
@@ -141,7 +161,7 @@ class LowResPrepareBatch(ContinuousDiffusionPrepareBatch):
             network_kwargs["context"] = self._get(batchdata, self.context_key, device, non_blocking, **kwargs)
             if self.drop_prob > 0:
                 network_kwargs["drop_context"] = self.get_drop_context(x_t)
-        return x_t, target, (timesteps,), network_kwargs
+        return x_t, self._loss_target(batchdata, target, device, non_blocking, **kwargs), (timesteps,), network_kwargs
 
 
 class SuperResolutionPrepareBatch(ContinuousDiffusionPrepareBatch):
@@ -157,6 +177,7 @@ class SuperResolutionPrepareBatch(ContinuousDiffusionPrepareBatch):
         factor: resolution ratio of the two stages; default ``conventions.LOWRES_FACTOR`` (4).
         max_noise: upper bound of the condition's noise level a; default 0.4; 0 disables the augmentation.
         generator: optional int seed or generator for t, the noise and the augmentation.
+        channel_mask_key: see :class:`ContinuousDiffusionPrepareBatch`.
     """
 
     def __init__(
@@ -166,10 +187,11 @@ class SuperResolutionPrepareBatch(ContinuousDiffusionPrepareBatch):
         factor: int = LOWRES_FACTOR,
         max_noise: float = DEFAULT_CONDITION_NOISE,
         generator: int | torch.Generator | None = None,
+        channel_mask_key: str | None = None,
     ) -> None:
         if max_noise < 0:
             raise ValueError(f"max_noise must be >= 0, got {max_noise}")
-        super().__init__(scheduler, image_key, generator)
+        super().__init__(scheduler, image_key, generator, channel_mask_key)
         self.factor = factor
         self.max_noise = max_noise
 
@@ -182,4 +204,5 @@ class SuperResolutionPrepareBatch(ContinuousDiffusionPrepareBatch):
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         x_t, target, timesteps = self._noised(batchdata, device, non_blocking, **kwargs)
         condition = degrade_for_super_resolution(target, self.factor, self.max_noise, generator=self.generator)
-        return torch.cat([condition, x_t], dim=1), target, (timesteps,), {}
+        loss_target = self._loss_target(batchdata, target, device, non_blocking, **kwargs)
+        return torch.cat([condition, x_t], dim=1), loss_target, (timesteps,), {}
