@@ -301,3 +301,14 @@ def test_exported_weights_run_inference_end_to_end(shared, tmp_path):
     ct = __import__("nibabel").load(str(paths["ct"]))
     assert ct.shape == (32, 32, 32)
     assert tuple(round(float(z), 3) for z in ct.header.get_zooms()) == (10.0, 10.0, 10.0)
+
+
+@pytest.mark.parametrize("config", [TRAIN, TRAIN_SR])
+def test_warm_up_counts_optimizer_steps(config):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config)
+    parser.update({"lr_warmup_iterations": 3, "accumulation_steps": 2})
+    assert parser.get_parsed_content("lr_scheduler#total_iters") == 6  # 3 optimizer steps of 2 iterations
+    assert parser.get_parsed_content("lr_scheduler#start_factor") == pytest.approx(1 / 6)
