@@ -143,6 +143,22 @@ def test_rng_state_round_trip():
     assert __import__("random").random() == expected[2]
 
 
+def test_rng_state_gives_other_ranks_their_own_streams_on_resume(monkeypatch):
+    import scripts.engines.checkpoint as checkpoint
+
+    state = RNGState().state_dict()
+    draws = {}
+    for rank in (0, 1, 2, 1):
+        monkeypatch.setattr(checkpoint, "_process_rank", lambda rank=rank: rank)
+        RNGState().load_state_dict(state)
+        draw = (torch.rand(3), np.random.rand(3))
+        if rank in draws:  # the same rank resumes the same way
+            assert torch.equal(draw[0], draws[rank][0]) and np.array_equal(draw[1], draws[rank][1])
+        draws[rank] = draw
+    assert not torch.equal(draws[0][0], draws[1][0]) and not torch.equal(draws[1][0], draws[2][0])
+    assert not np.array_equal(draws[0][1], draws[1][1])
+
+
 def test_saver_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="save_interval"):
         AtomicCheckpointSaver(tmp_path, {}, save_interval=0)

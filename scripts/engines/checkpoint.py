@@ -42,7 +42,12 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 class RNGState:
     """Python, NumPy and torch (CPU and CUDA) random states as a checkpoint entry, stored as tensors so that
-    ``torch.load(weights_only=True)`` can read them back."""
+    ``torch.load(weights_only=True)`` can read them back.
+
+    Only rank 0 writes checkpoints, so a multi-process run restores rank 0's states everywhere. Identical streams
+    would give every rank the same noise and timesteps, so a rank ``r > 0`` reseeds right after loading from a seed
+    drawn from the restored stream plus ``r``: distinct per rank, and the same on every resume of the checkpoint.
+    """
 
     def state_dict(self) -> dict:
         np_state = np.random.get_state()
@@ -67,6 +72,18 @@ class RNGState:
             ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached)
         )
         random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
+        rank = _process_rank()
+        if rank > 0:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) + rank
+            torch.manual_seed(seed)  # CPU and every CUDA device
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+
+
+def _process_rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    distributed = torch.distributed
+    return distributed.get_rank() if distributed.is_available() and distributed.is_initialized() else 0
 
 
 class AtomicCheckpointSaver:
