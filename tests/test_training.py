@@ -137,6 +137,27 @@ def test_stage1_trains_checkpoints_previews_and_exports(shared, tmp_path):
     torch.testing.assert_close(network.state_dict(), ema.state_dict())
     assert wf.parser.get_parsed_content("validate#evaluator").state.metrics["val_loss"] > 0
 
+    # the `export` run writes the same files from the newest checkpoint, without training
+    for path in tmp_path.glob("lowres_ema.*"):
+        path.unlink()
+    again = ConfigWorkflow(config_file=TRAIN, meta_file=META, logging_file=False, run_id="export", **settings)
+    again.initialize()
+    again.run()
+    exported, meta = load_network(tmp_path / "lowres_ema.pt", "lowres")
+    assert meta["iteration"] == 4
+    torch.testing.assert_close(exported.state_dict(), ema.state_dict())
+    empty = ConfigWorkflow(
+        config_file=TRAIN,
+        meta_file=META,
+        logging_file=False,
+        run_id="export",
+        **{**settings, "output_dir": str(tmp_path / "empty")},
+    )
+    empty.initialize()
+    with pytest.raises(RuntimeError) as error:
+        empty.run()
+    assert "no checkpoint in" in causes(error.value)
+
 
 def test_stage2_trains_on_crops_and_exports(shared, tmp_path):
     settings = overrides(

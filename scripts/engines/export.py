@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from scripts.engines.checkpoint import ResumeFromLatest
+from scripts.engines.distributed import is_rank_zero
 from scripts.networks.weights import description_path, save_network
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ def export_weights(
 class ExportEMA:
     """Export the EMA network when the trainer completes (see :func:`export_weights` for the arguments).
 
+    Only rank 0 writes (in a multi-process run every rank builds this handler; the others skip it). Calling it
+    with an engine exports at once (:func:`export_latest` does so for a checkpoint) and returns the two paths.
+
     Args:
         ema: the ``EMAHandler`` (its ``model`` is exported).
         output_dir, stage, preset, text_encoder, text_encoder_info, data: as in :func:`export_weights`.
@@ -98,8 +103,10 @@ class ExportEMA:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
-    def __call__(self, engine: Engine) -> None:
-        export_weights(
+    def __call__(self, engine: Engine) -> tuple[Path, Path] | None:
+        if not is_rank_zero():
+            return None
+        return export_weights(
             self.ema.model,
             self.output_dir,
             self.stage,
@@ -110,6 +117,32 @@ class ExportEMA:
             self.data,
             {"ema_decay": self.ema.decay, "ema_start_iteration": self.ema.start_iteration},
         )
+
+
+def export_latest(
+    load_dir: str | os.PathLike,
+    load_dict: dict[str, Any],
+    trainer: Engine,
+    exporter: ExportEMA,
+    map_location: Any = None,
+) -> tuple[Path, Path]:
+    """Export the EMA network of the newest checkpoint in ``load_dir`` without training (the ``export`` run).
+
+    A long run can be sampled from at any time: ``python -m monai.bundle run export`` with the training command's
+    settings loads the newest checkpoint into the objects of ``load_dict`` and writes ``<stage>_ema.pt`` / ``.json``
+    as the end of the run would.
+
+    Raises:
+        FileNotFoundError: ``load_dir`` holds no checkpoint (one line naming it).
+    """
+    loader = ResumeFromLatest(load_dir, load_dict, map_location=map_location)
+    if loader.found is None:
+        raise FileNotFoundError(f"no checkpoint in {load_dir}: train first, with the same --output_dir")
+    loader(trainer)
+    paths = exporter(trainer)
+    if paths is None:
+        raise RuntimeError("export runs in one process: start it without torchrun")
+    return paths
 
 
 def encoder_description(cache: Any) -> dict[str, Any] | None:
@@ -147,4 +180,4 @@ def checkpoint_items(
     return items
 
 
-__all__ = ["ExportEMA", "checkpoint_items", "encoder_description", "export_paths", "export_weights"]
+__all__ = ["ExportEMA", "checkpoint_items", "encoder_description", "export_latest", "export_paths", "export_weights"]
