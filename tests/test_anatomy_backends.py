@@ -6,10 +6,12 @@ temporary paths, so nothing is ever downloaded.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 import textwrap
 import types
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -18,7 +20,7 @@ import pytest
 from scripts.anatomy import backends, lungmask_backend, totalseg_backend
 from scripts.anatomy.base import BackendUnavailableError, MissingWeightsError
 from scripts.anatomy.lungmask_backend import LungmaskBackend
-from scripts.anatomy.totalseg_backend import TotalSegmentatorBackend
+from scripts.anatomy.totalseg_backend import TaskRun, TotalSegmentatorBackend
 
 _real_find_spec = importlib.util.find_spec
 
@@ -252,3 +254,39 @@ def test_not_installed_and_no_weights_says_both(monkeypatch):
     message = str(info.value)
     assert "not installed" in message and "--totalseg_python" in message
     assert "Dataset258_lung_vessels_248subj" in message and "TOTALSEG_WEIGHTS_PATH" in message
+
+
+def test_task_runs_are_checked_and_name_their_weights(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="no weight list"):
+        TaskRun("liver_vessels", {"liver": {"liver_vessels": 1}})
+    with pytest.raises(ValueError, match="only"):
+        TaskRun("lung_vessels", {"airway": {"lung_trachea_bronchia": 1}}, roi_subset=("lung_trachea_bronchia",))
+    pretend_installed(monkeypatch, "totalsegmentator")
+    backend = TotalSegmentatorBackend(device="cpu")
+    effusion = TaskRun("pleural_pericard_effusion", {"effusion": {"pleural_effusion": 1}})
+    root = tmp_path / "totalseg" / "nnunet" / "results"
+    assert backend.missing_run_weights([effusion]) == [root / "Dataset298_TotalSegmentator_total_6mm_1559subj",
+                                                       root / "Dataset315_thoraxCT"]  # fmt: skip
+    assert "-t pleural_pericard_effusion -t total_fast" in backend.run_weights_fix([effusion])
+    lobes = TaskRun("total", {"lobe": totalseg_backend.LOBE_CLASSES}, roi_subset=tuple(totalseg_backend.LOBE_CLASSES))
+    assert "-t pleural_pericard_effusion -t total`" in backend.run_weights_fix([effusion, lobes])
+    with pytest.raises(MissingWeightsError, match="Dataset315_thoraxCT"):
+        backend.run_tasks(small_ct(), (1, 1, 1), [effusion])
+    with pytest.raises(ValueError, match="repeat"):
+        backend.run_tasks(small_ct(), (1, 1, 1), [effusion, TaskRun("lung_vessels", {"effusion": {"lung_vessels": 1}})])
+
+
+# --- layer order -------------------------------------------------------------------------------------------------
+def test_anatomy_imports_only_the_layers_below_it():
+    """scripts/__init__.py: conventions → data / phantom → anatomy → … → evaluation; anatomy never imports upwards."""
+    allowed = {"anatomy", "conventions", "data", "phantom"}
+    package = Path(backends.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "scripts" and len(parts) > 1:
+                    assert parts[1] in allowed, f"{path.name} imports {name}"

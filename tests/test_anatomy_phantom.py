@@ -29,7 +29,7 @@ def rows():
 def test_lungs_airway_vessels_reach_the_phantom_truth(rows):
     lungs, airway, vessel = (np.array([r[k] for r in rows]) for k in ("lungs", "airway", "vessel"))
     assert lungs.min() >= 0.93 and lungs.mean() >= 0.96, lungs
-    assert airway.min() >= 0.45 and airway.mean() >= 0.55, airway
+    assert airway.min() >= 0.65 and airway.mean() >= 0.85, airway  # emphysema (-978 HU) touching the tree: lowest
     assert vessel.min() >= 0.45 and vessel.mean() >= 0.55, vessel
     assert np.mean([r["lobes"] for r in rows]) >= 0.65
     assert all(min(r["left"], r["right"]) >= 0.88 for r in rows)  # sides named right

@@ -10,4 +10,6 @@ Modules, each one idea:
 - :mod:`.phantom_check`: Dice of the classical masks against the phantom's truth.
 
 This file imports nothing, so :mod:`.totalseg_runner` also runs in a separate TotalSegmentator environment.
+In the package's layer order (``scripts/__init__.py``) anatomy comes right after ``conventions``, ``data`` and
+``phantom``, the only parts it imports; :mod:`scripts.evaluation` builds its anatomy measures on it.
 """

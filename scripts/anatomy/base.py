@@ -109,14 +109,23 @@ class Backend:
         if unsupported:
             raise ValueError(f"backend {self.name} cannot make {unsupported}; it makes {list(self.structures)}")
         missing = self.missing_weights(structures)
+        self.require(missing, self.weights_fix(structures) if missing else "")
+
+    def require(self, missing: Sequence[str | os.PathLike], fix: str) -> None:
+        """Raise the one-line errors: package not installed (with ``missing`` weights named too), else weights missing.
+
+        Args:
+            missing: weight files or folders not on disk.
+            fix: where to put them (see :meth:`weights_fix`).
+        """
         if not self.is_installed():
             message = f"backend {self.name} is not installed; {self.install_hint()}"
             if missing:
                 paths = ", ".join(str(m) for m in missing)
-                message += f"; its weights are missing too: {paths}; {self.weights_fix(structures)}"
+                message += f"; its weights are missing too: {paths}; {fix}"
             raise BackendUnavailableError(message)
         if missing:
-            raise MissingWeightsError(self.name, missing, self.weights_fix(structures))
+            raise MissingWeightsError(self.name, missing, fix)
 
     def segment(self, ct_hu: np.ndarray, spacing: Sequence[float], structures: Sequence[str]) -> dict[str, np.ndarray]:
         """Masks for ``structures`` as ``uint8`` arrays on the CT's grid (RAS, indexed (x, y, z)).

@@ -14,10 +14,14 @@ Methods and their limits (stated in docs/data_preparation.md as well):
   the airway lumen is removed (it has its own mask). A pleural effusion (fluid, ~15 HU) lies against the chest
   wall, not inside aerated lung: it stays out. Consolidation that reaches the chest wall over a large area cannot
   be told from fluid or chest-wall muscle by HU and stays out too (a known limit of threshold methods).
-- airway: 3D region growing from a seed found automatically in the trachea. The threshold starts at -960 HU (lower,
-  down to -995 HU, when that region is already implausibly large: emphysema touching the airways) and is raised in
-  15 HU steps, never above the median parenchyma minus 35 HU, until the volume grows by more than 25 % in one step
-  (a leak into the lung). It finds the lumen down to the bronchi still darker than the lung around them.
+- airway: 3D region growing (26-connected: bronchi about a voxel thin run diagonally through the grid and fall
+  apart under 6-connectivity) from a seed found automatically in the trachea. The threshold starts at -960 HU
+  (lower, down to -995 HU, when that region is already implausibly large: emphysema touching the airways) and is
+  raised in 15 HU steps until the volume grows by more than 25 % in one step (a leak into the lung), never closer
+  to the median parenchyma than two robust standard deviations of it (at least 35, at most 100 HU): nearer, lung
+  voxels that are dark only by noise join the tree a few at a time, too slowly to count as a leak. It finds the
+  lumen down to the bronchi still darker than the lung around them. Emphysema (about -975 HU) and bullae touching
+  the tree cannot be told from lumen by HU: the tree then takes some in or, lowered, loses thin bronchi.
 - vessels: multiscale Hessian vesselness (Frangi's bright-tube measure, scales ``VESSEL_SCALES_MM``; the large
   scales on a block-averaged grid) inside the lungs: a voxel is vessel when it is brighter than -550 HU and on a
   tubular response. Walls of the found airways and dense regions thicker than a ``DENSE_RADIUS_MM`` ball
@@ -48,7 +52,9 @@ AIRWAY_MAX_ML = 120.0  # no airway lumen is larger (adults: about 30-100 ml)
 AIRWAY_STEP_HU = 15.0
 AIRWAY_MAX_HU = -640.0
 AIRWAY_LEAK_RATIO = 1.25  # the grown volume may grow by this factor per step before it counts as a leak
-AIRWAY_MARGIN_HU = 35.0  # the threshold stays this far below the median parenchyma
+AIRWAY_MARGIN_HU = (35.0, 100.0)  # the threshold stays this far below the median parenchyma (least, most) ...
+AIRWAY_MARGIN_SD = 2.0  # ... and within those bounds this many robust standard deviations of the parenchyma
+AIRWAY_CONNECTIVITY = 3  # 26-connected growing: bronchi about a voxel thin run diagonally through the grid
 LUNG_CLOSING_MM = 10.0
 LUNG_MIN_FRACTION = 0.15  # a lung component must hold at least this fraction of the largest one
 LUNG_MIN_ML = 30.0
@@ -227,7 +233,7 @@ def _grow_airway(smooth: np.ndarray, spacing: np.ndarray, seed: tuple[int, int, 
         candidate = smooth < threshold
         if not candidate[seed]:
             return np.zeros(smooth.shape, dtype=bool)
-        labels, _ = ndi.label(candidate)
+        labels, _ = ndi.label(candidate, structure=ndi.generate_binary_structure(3, AIRWAY_CONNECTIVITY))
         return labels == labels[seed]
 
     threshold = AIRWAY_START_HU
@@ -266,7 +272,12 @@ def _airway(smooth: np.ndarray, spacing: np.ndarray, body: np.ndarray) -> np.nda
     local = np.where(body[box], smooth[box], 0.0).astype(np.float32)
     # the aerated parenchyma's typical value caps the threshold (emphysema lowers it, and the cap with it)
     parenchyma = local[(local < LUNG_HU) & (local > -1024.0)]
-    limit = float(np.median(parenchyma)) - AIRWAY_MARGIN_HU if parenchyma.size else AIRWAY_MAX_HU
+    if parenchyma.size:
+        median = float(np.median(parenchyma))
+        spread = 1.4826 * float(np.median(np.abs(parenchyma - median)))
+        limit = median - float(np.clip(AIRWAY_MARGIN_SD * spread, *AIRWAY_MARGIN_HU))
+    else:
+        limit = AIRWAY_MAX_HU
     airway = np.zeros(smooth.shape, dtype=bool)
     airway[box] = _grow_airway(local, spacing, local_seed, limit)
     return airway

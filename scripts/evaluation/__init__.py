@@ -3,7 +3,9 @@ segmentation by the joint model, memorisation audit, and the report that gathers
 
 Modules: ``anatomy_measures`` (measures + backends), ``features`` (feature networks and weights), ``distances``
 (FID/MMD/2.5D FID), ``adherence``, ``segmentation``, ``memorisation``, ``agreement`` (phantom truth check),
-``data`` (reading volumes), ``report``, ``run`` (the command). See docs/evaluation.md.
+``data`` (reading volumes), ``report``, ``run`` (the command). The anatomy measures' masks come from
+:mod:`scripts.anatomy` (classical methods and the TotalSegmentator integration), a layer below this one.
+See docs/evaluation.md.
 """
 
 from __future__ import annotations

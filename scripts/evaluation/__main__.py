@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from scripts.evaluation.anatomy_measures import BACKENDS, MEASURES, measure_ct
+from scripts.evaluation.anatomy_measures import BACKENDS, MEASURES, get_backend, measure_ct
 from scripts.evaluation.run import DEFAULT_PARTS, PARTS, run_evaluation
 
 
@@ -38,8 +38,15 @@ def _run(args: argparse.Namespace) -> None:
         random_weights=args.random_weights,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        backend_options=_backend_options(args),
     )
     print(f"wrote {out['paths']['markdown']} and {out['paths']['json']}")
+
+
+def _backend_options(args: argparse.Namespace) -> dict:
+    if args.totalseg_python and args.backend != "totalsegmentator":
+        raise ValueError("--totalseg_python needs --backend totalsegmentator")
+    return {"totalseg_python": args.totalseg_python} if args.totalseg_python else {}
 
 
 def _measure(args: argparse.Namespace) -> None:
@@ -48,7 +55,8 @@ def _measure(args: argparse.Namespace) -> None:
 
     ct, spacing = read_ct(args.ct)
     masks = {k: read_nifti(getattr(args, k))[0] for k in ("lobe", "airway") if getattr(args, k)}
-    print(json.dumps(measure_ct(ct, spacing, masks, args.measures, args.backend), indent=2))
+    backend = get_backend(args.backend, **_backend_options(args))
+    print(json.dumps(measure_ct(ct, spacing, masks, args.measures, backend), indent=2))
 
 
 def _agreement(args: argparse.Namespace) -> None:
@@ -56,6 +64,12 @@ def _agreement(args: argparse.Namespace) -> None:
 
     result = phantom_agreement(args.num, args.size, args.seed, args.findings, args.backend, progress=not args.quiet)
     print(agreement_markdown(result))
+
+
+TOTALSEG_PYTHON_HELP = (
+    "python of a separate TotalSegmentator environment (backend totalsegmentator; default $MEDSYN_TOTALSEG_PYTHON, "
+    "else TotalSegmentator in this environment)"
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--feature_size", type=int)
     run.add_argument("--slice_step", type=int, default=4)
     run.add_argument("--backend", default="classical", choices=sorted(BACKENDS))
+    run.add_argument("--totalseg_python", help=TOTALSEG_PYTHON_HELP)
     run.add_argument("--adherence_dir")
     run.add_argument("--prompt_pairs")
     run.add_argument("--adherence_num", type=int, default=32)
@@ -94,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     measure.add_argument("--airway", help="airway mask to use instead of segmenting it")
     measure.add_argument("--measures", nargs="+", choices=sorted(MEASURES))
     measure.add_argument("--backend", default="classical", choices=sorted(BACKENDS))
+    measure.add_argument("--totalseg_python", help=TOTALSEG_PYTHON_HELP)
     measure.set_defaults(func=_measure)
 
     agree = sub.add_parser("agreement", help="classical measures against phantom truth (Markdown table)")

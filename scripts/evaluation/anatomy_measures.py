@@ -14,8 +14,11 @@ Backends (a registry: a new one is one decorated class):
   the lungs and within ``HEART_LUNG_REACH_MM`` of them, opened by ``HEART_OPENING_MM`` to cut thin bridges to the
   chest wall, great vessels and diaphragm, then the largest component lying between the lungs that does not
   reach the lowest slice (the abdomen does).
-- ``totalsegmentator`` — TotalSegmentator's ``total`` (lungs, heart), ``lung_vessels`` (airway) and
-  ``pleural_pericard_effusion`` tasks, when the package and its weights are on this machine.
+- ``totalsegmentator`` — TotalSegmentator's ``total`` (lungs per side from the five lobe classes, heart),
+  ``lung_vessels`` (airway = ``lung_trachea_bronchia``) and ``pleural_pericard_effusion`` (``pleural_effusion``,
+  sided by the midline between the lungs) tasks, run through :mod:`scripts.anatomy.totalseg_backend` (the one
+  TotalSegmentator integration: in-process, or in a separate environment with ``totalseg_python`` /
+  ``MEDSYN_TOTALSEG_PYTHON``; weight folders checked first, with a one-line error naming the missing ones).
 
 Measures (keys of :data:`MEASURES`):
 ``lung_volume_ml`` (+ ``_left``/``_right``), ``airway_volume_mm3``, ``laa950_percent`` (share of lung voxels
@@ -26,14 +29,13 @@ along x on any axial slice / inner thoracic width (x extent of lungs ∪ effusio
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from scripts.anatomy import classical
+from scripts.anatomy import classical, totalseg_backend
 
 FLUID_HU = (0.0, 25.0)  # pleural fluid ~0-20 HU (median-filtered): below heart and muscle (~40 HU), above fat mixes
 HEART_HU = (28.0, 110.0)  # blood and myocardium without contrast
@@ -103,10 +105,19 @@ def _body_centre_x(ct: np.ndarray, lungs: np.ndarray) -> float:
 
 
 # --- backends --------------------------------------------------------------------------------------------------
+GROUPS = ("lungs", "airway", "effusion", "heart")  # the masks a backend makes, in the order they are made
+
+
 class Backend:
-    """Mask provider. Subclasses implement the masks they can make; each takes (ct, spacing, masks so far)."""
+    """Mask provider. Subclasses implement the masks they can make; each takes (ct, spacing, masks so far).
+
+    One instance may measure many CTs: a cache must be keyed by the CT array itself (``is``), not by ``id``.
+    """
 
     name = ""
+
+    def check(self, groups: Sequence[str]) -> None:
+        """Raise a one-line error before any work when the masks ``groups`` cannot be made here (default: ready)."""
 
     def lungs(self, ct: np.ndarray, spacing: np.ndarray, masks: dict) -> np.ndarray:
         raise NotImplementedError
@@ -121,7 +132,7 @@ class Backend:
         raise NotImplementedError
 
 
-BACKENDS: dict[str, Callable[[], Backend]] = {}
+BACKENDS: dict[str, Callable[..., Backend]] = {}
 
 
 def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
@@ -140,11 +151,11 @@ class ClassicalBackend(Backend):
     """Thresholds, connected components and morphology (see the module docstring); no weights."""
 
     def __init__(self) -> None:
-        self._median: tuple[int, np.ndarray] | None = None
+        self._median: tuple[np.ndarray, np.ndarray] | None = None
 
     def _median_ct(self, ct: np.ndarray) -> np.ndarray:
-        if self._median is None or self._median[0] != id(ct):
-            self._median = (id(ct), ndi.median_filter(ct, size=3, mode="nearest"))
+        if self._median is None or self._median[0] is not ct:
+            self._median = (ct, ndi.median_filter(ct, size=3, mode="nearest"))
         return self._median[1]
 
     def lungs(self, ct: np.ndarray, spacing: np.ndarray, masks: dict) -> np.ndarray:
@@ -216,78 +227,72 @@ def dome_top(thorax: np.ndarray, lungs: np.ndarray) -> int:
     return int(smooth[inner].max() if inner.any() else lowest[present].max())
 
 
-@register_backend("totalsegmentator")
-class TotalSegmentatorBackend(Backend):
-    """TotalSegmentator (optional; weights must already be on this machine: it cannot download offline).
+def _totalseg_runs(fast: bool = False) -> dict[str, totalseg_backend.TaskRun]:
+    """Mask group → the TotalSegmentator run that makes it (lungs and heart share one ``total`` run)."""
+    sides = {name: 1 if name.endswith("_left") else 2 for name in totalseg_backend.LOBE_CLASSES}
+    total = totalseg_backend.TaskRun(
+        totalseg_backend.LOBE_TASK,
+        {"lungs": sides, "heart": {"heart": 1}},
+        fast=fast,
+        roi_subset=(*totalseg_backend.LOBE_CLASSES, "heart"),
+    )
+    airway = totalseg_backend.TaskRun(totalseg_backend.VESSEL_TASK, {"airway": {"lung_trachea_bronchia": 1}})
+    effusion = totalseg_backend.TaskRun(totalseg_backend.EFFUSION_TASK, {"effusion": {"pleural_effusion": 1}})
+    return {"lungs": total, "heart": total, "airway": airway, "effusion": effusion}
 
-    Runs each task once per CT and caches the result. The weights folder is ``$TOTALSEG_HOME_DIR`` (default
-    ``~/.totalsegmentator``) ``/nnunet/results``.
+
+@register_backend("totalsegmentator")
+class TotalSegmentatorMeasureBackend(Backend):
+    """TotalSegmentator through :class:`scripts.anatomy.totalseg_backend.TotalSegmentatorBackend` (optional).
+
+    Each task runs at most once per CT (lungs and heart come from one ``total`` run). Nothing is downloaded: the
+    weight folders each task needs are checked first (:meth:`check`), and a missing package or folder is a
+    one-line error naming what is missing and where to put it.
+
+    Args:
+        device: ``auto`` (GPU when torch sees one), ``cpu`` or ``cuda``.
+        options: the mask backend's options: ``totalseg_python`` (interpreter of a separate TotalSegmentator
+            environment; else ``MEDSYN_TOTALSEG_PYTHON``; else in-process), ``totalseg_fast`` (3 mm ``total``
+            model), ``timeout_s``.
     """
 
-    LUNG_CLASSES = {
-        1: ("lung_upper_lobe_left", "lung_lower_lobe_left"),
-        2: ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right"),
-    }
+    def __init__(self, device: str = "auto", **options: Any) -> None:
+        self.segmenter = totalseg_backend.TotalSegmentatorBackend(device=device, **options)
+        self.runs = _totalseg_runs(bool(options.get("totalseg_fast", False)))
+        self._ct: np.ndarray | None = None
+        self._masks: dict[str, np.ndarray] = {}
 
-    def __init__(self, device: str = "cpu") -> None:
-        try:
-            from totalsegmentator.map_to_binary import class_map
-            from totalsegmentator.python_api import totalsegmentator
-        except ImportError:
-            raise RuntimeError(
-                "the totalsegmentator backend needs the TotalSegmentator package (in its own environment, see "
-                "docs/evaluation.md); use backend='classical' offline"
-            ) from None
-        home = Path(os.environ.get("TOTALSEG_HOME_DIR", Path.home() / ".totalsegmentator"))
-        weights = home / "nnunet" / "results"
-        if not weights.is_dir() or not any(weights.iterdir()):
-            raise RuntimeError(
-                f"TotalSegmentator weights not found in {weights}: download them on a machine with internet "
-                "(totalseg_download_weights) and copy that folder here, or set TOTALSEG_HOME_DIR"
-            )
-        self._run, self._class_map, self.device = totalsegmentator, class_map, device
-        self._cache: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    def check(self, groups: Sequence[str]) -> None:
+        runs = list({id(self.runs[g]): self.runs[g] for g in groups if g in self.runs}.values())
+        self.segmenter.check_runs(runs)
 
-    def _task(self, ct: np.ndarray, spacing: np.ndarray, task: str) -> dict[str, np.ndarray]:
-        key = (id(ct), task)
-        if key not in self._cache:
-            import nibabel as nib
-
-            from scripts.data.io import ras_affine
-
-            image = nib.Nifti1Image(ct.astype(np.int16), ras_affine(spacing, ct.shape))
-            seg = self._run(image, None, task=task, ml=True, quiet=True, device=self.device)
-            labels = np.asarray(seg.dataobj)
-            self._cache = {k: v for k, v in self._cache.items() if k[0] == id(ct)}
-            self._cache[key] = {name: labels == index for index, name in self._class_map[task].items()}
-        return self._cache[key]
+    def _mask(self, ct: np.ndarray, spacing: np.ndarray, group: str) -> np.ndarray:
+        if self._ct is not ct:
+            self._ct, self._masks = ct, {}
+        if group not in self._masks:
+            self._masks.update(self.segmenter.run_tasks(ct, spacing, [self.runs[group]]))
+        return self._masks[group]
 
     def lungs(self, ct: np.ndarray, spacing: np.ndarray, masks: dict) -> np.ndarray:
-        classes = self._task(ct, spacing, "total")
-        out = np.zeros(ct.shape, dtype=np.uint8)
-        for label, names in self.LUNG_CLASSES.items():
-            for name in names:
-                out[classes[name]] = label
-        return out
+        return self._mask(ct, spacing, "lungs")
 
     def airway(self, ct: np.ndarray, spacing: np.ndarray, masks: dict) -> np.ndarray:
-        return self._task(ct, spacing, "lung_vessels")["lung_trachea_bronchia"].astype(np.uint8)
+        return self._mask(ct, spacing, "airway")
 
     def effusion(self, ct: np.ndarray, spacing: np.ndarray, masks: dict) -> np.ndarray:
-        fluid = self._task(ct, spacing, "pleural_pericard_effusion")["pleural_effusion"]
-        return split_sides(fluid, _body_centre_x(ct, masks["lungs"]))
+        return split_sides(self._mask(ct, spacing, "effusion"), _body_centre_x(ct, masks["lungs"]))
 
     def heart(self, ct: np.ndarray, spacing: np.ndarray, masks: dict) -> np.ndarray:
-        return self._task(ct, spacing, "total")["heart"]
+        return self._mask(ct, spacing, "heart")
 
 
-def get_backend(name: str | Backend) -> Backend:
-    """A backend instance by name (or the instance itself)."""
+def get_backend(name: str | Backend, **options: Any) -> Backend:
+    """A backend instance by name, built with ``options`` (or the instance itself)."""
     if isinstance(name, Backend):
         return name
     if name not in BACKENDS:
         raise ValueError(f"unknown anatomy backend {name!r}; expected one of {sorted(BACKENDS)}")
-    return BACKENDS[name]()
+    return BACKENDS[name](**options)
 
 
 # --- measures --------------------------------------------------------------------------------------------------
@@ -345,8 +350,11 @@ def measure_ct(
         if np.shape(mask) != ct.shape:
             raise ValueError(f"mask {name!r} has shape {np.shape(mask)}, the CT {ct.shape}")
     groups = {MEASURES[m][1] for m in wanted}
-    needed = [g for g in ("lungs", "airway", "effusion", "heart") if any(g in _NEEDS[h] for h in groups)]
-    provider = get_backend(backend) if any(g not in given for g in needed) else None
+    needed = [g for g in GROUPS if any(g in _NEEDS[h] for h in groups)]
+    to_make = [g for g in needed if g not in given]
+    provider = get_backend(backend) if to_make else None
+    if provider is not None:
+        provider.check(to_make)
     made: dict[str, np.ndarray] = {}
     for group in needed:
         made[group] = np.asarray(given[group]) if group in given else getattr(provider, group)(ct, spacing, made)

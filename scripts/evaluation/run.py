@@ -56,7 +56,7 @@ class _Collector:
         if self.thumbs:
             self.thumbnails.append(memorisation.thumbnail(ct))
         if self.measure:
-            self.rows.append(anatomy_measures.measure_ct(ct, spacing, backend=self.s["backend"]))
+            self.rows.append(anatomy_measures.measure_ct(ct, spacing, backend=self.s["measure_backend"]))
 
     def features3d(self) -> torch.Tensor | None:
         return torch.cat(self.f3d) if self.f3d else None
@@ -100,6 +100,7 @@ def run_evaluation(
     random_weights: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    backend_options: dict | None = None,
 ) -> dict:
     """Run the selected parts and write ``report.md``, ``report.json`` and figures into ``output_dir``.
 
@@ -120,6 +121,8 @@ def run_evaluation(
         random_weights: random feature networks (smoke tests only: the distances are then meaningless).
         overwrite: replace an existing report.
         progress: progress bars.
+        backend_options: the measure backend's options, e.g. ``{"totalseg_python": "ENV/bin/python"}`` to run
+            TotalSegmentator in its own environment (see :mod:`scripts.anatomy.totalseg_backend`).
     """
     parts = list(dict.fromkeys(parts))
     unknown = [p for p in parts if p not in PARTS]
@@ -138,8 +141,12 @@ def run_evaluation(
         _require(adherence_dir, "adherence_dir", "adherence")
     if "segmentation" in parts:
         _require(segmentation_dir, "segmentation_dir", "segmentation")
-    settings = {"feature_size": feature_size, "slice_step": slice_step, "backend": backend}
-    # networks first, so missing weights fail before any long loop
+    # the measure backend and networks first, so missing packages or weights fail before any long loop
+    measure_backend = None
+    if "measures" in parts or "adherence" in parts:
+        measure_backend = anatomy_measures.get_backend(backend, **(backend_options or {}))
+        measure_backend.check(anatomy_measures.GROUPS)
+    settings = {"feature_size": feature_size, "slice_step": slice_step, "measure_backend": measure_backend}
     net3d = net2d = None
     if "fid" in parts or "memorisation" in parts:
         try:
@@ -227,7 +234,9 @@ def run_evaluation(
             pairs,
             adherence.folder_generator(adherence_dir),
             adherence_num,
-            measure=lambda ct, sp, measures: anatomy_measures.measure_ct(ct, sp, measures=measures, backend=backend),
+            measure=lambda ct, sp, measures: anatomy_measures.measure_ct(
+                ct, sp, measures=measures, backend=measure_backend
+            ),
             progress=progress,
         )
         figure = adherence.study_boxplot(study, output_dir / "adherence_boxplot.png", overwrite=overwrite)
