@@ -148,6 +148,13 @@ def test_lowres_affine_places_each_strided_voxel_where_the_full_grid_has_it():
     )
 
 
+def test_sr_tile_from_the_command_line(runner, tmp_path):
+    assert runner(tmp_path, sr_tile="null").sr_tile is None and runner(tmp_path, sr_tile="None").sr_tile is None
+    assert runner(tmp_path, sr_tile=[64, -1, -1]).sr_tile == [64, -1, -1]
+    with pytest.raises(ValueError, match="--sr_tile must be three sizes"):
+        runner(tmp_path, sr_tile=[64, -1])
+
+
 def test_bad_inputs_fail_clearly(runner, weights, tmp_path):
     with pytest.raises(ReportError, match="empty"):
         runner(tmp_path).generate(prompt="   ")

@@ -46,7 +46,7 @@ from scripts.data.datalist import IMAGE_KEY
 from scripts.data.io import OutputExistsError, atomic_path
 from scripts.data.transforms import build_channel_preprocessing
 from scripts.inference.pipeline import MedSynPipeline
-from scripts.inference.workflow import WEIGHTS_HINT, _as_bool, model_grid
+from scripts.inference.workflow import WEIGHTS_HINT, _as_bool, _as_tile, model_grid
 from scripts.networks.unet import MedSynUNet
 from scripts.networks.weights import WeightsNotFoundError, load_network, load_state, read_description
 
@@ -106,7 +106,8 @@ class JointSegmentationNetwork(nn.Module):
         self.lowres, self.sr = lowres, sr
         self.size = size
         self.steps_lowres, self.steps_sr, self.seed = int(steps_lowres), int(steps_sr), int(seed)
-        self.sr_tile = None if sr_tile is None else tuple(int(s) for s in sr_tile)
+        tile = _as_tile(sr_tile)
+        self.sr_tile = None if tile is None else tuple(tile)
         self.sr_overlap = float(sr_overlap)
         self.progress = progress
 

@@ -58,6 +58,15 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
+def _as_tile(value: Any) -> list[int] | None:
+    """``--sr_tile``: a (D, H, W) list, or None / "null" / "none" (the command line gives strings) for no tiling."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "")):
+        return None
+    if isinstance(value, str) or len(value) != 3:
+        raise ValueError(f"--sr_tile must be three sizes [D, H, W] (-1 = whole axis) or null, got {value!r}")
+    return [int(v) for v in value]
+
+
 class InferenceRunner:
     """Generate samples from reports, optionally holding anatomy or the CT fixed, and write them.
 
@@ -100,7 +109,7 @@ class InferenceRunner:
         self._text_encoder = None if self.text_encoder is not None or text_encoder is None else text_encoder
         self.guidance_scale, self.steps_lowres, self.steps_sr = float(guidance_scale), int(steps_lowres), int(steps_sr)
         self.spacing_override = spacing
-        self.sr_tile, self.sr_overlap = sr_tile, float(sr_overlap)
+        self.sr_tile, self.sr_overlap = _as_tile(sr_tile), float(sr_overlap)
         self.device = torch.device(device) if device is not None else None
         self.overwrite = _as_bool(overwrite)
         self.progress = progress
