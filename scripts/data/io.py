@@ -63,7 +63,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
 def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = False) -> Path:
     """Write ``obj`` as indented JSON atomically and return the path."""
     with atomic_path(path, overwrite) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=4, ensure_ascii=False, default=_json_default) + "\n", encoding="utf-8")
     return Path(path)
 
 
