@@ -37,7 +37,7 @@ from scripts.data.datalist import (
     resolve_item,
     section_items,
 )
-from scripts.data.io import read_nifti, write_json, write_nifti
+from scripts.data.io import json_text, read_nifti, write_json, write_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -360,9 +360,7 @@ def make_masks(
 
 
 def _write_if_changed(path: Path, obj: Any) -> None:
-    import json
-
-    text = json.dumps(obj, indent=2) + "\n"
+    text = json_text(obj)
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
     write_json(path, obj, overwrite=True)

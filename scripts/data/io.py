@@ -60,10 +60,15 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             tmp_path.unlink()
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the bundle writes JSON: 4-space indentation (the model zoo's), keys in order, UTF-8 text."""
+    return json.dumps(obj, indent=4, ensure_ascii=False, default=_json_default) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = False) -> Path:
-    """Write ``obj`` as indented JSON atomically and return the path."""
+    """Write ``obj`` as :func:`json_text` atomically and return the path."""
     with atomic_path(path, overwrite) as tmp:
-        tmp.write_text(json.dumps(obj, indent=4, ensure_ascii=False, default=_json_default) + "\n", encoding="utf-8")
+        tmp.write_text(json_text(obj), encoding="utf-8")
     return Path(path)
 
 
