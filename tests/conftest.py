@@ -17,3 +17,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_fake_totalsegmentator(root, class_map: dict, api_source: str):
+    """A stand-in ``totalsegmentator`` package under ``root`` (``map_to_binary.class_map`` and
+    ``python_api.totalsegmentator`` from ``api_source``) for the separate-interpreter tests; returns ``root``, the
+    folder to put on that interpreter's PYTHONPATH."""
+    import textwrap
+
+    package = root / "totalsegmentator"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "map_to_binary.py").write_text(f"class_map = {class_map!r}\n")
+    (package / "python_api.py").write_text(textwrap.dedent(api_source))
+    return root

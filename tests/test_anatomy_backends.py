@@ -9,13 +9,13 @@ from __future__ import annotations
 import ast
 import importlib.util
 import sys
-import textwrap
 import types
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import write_fake_totalsegmentator
 
 from scripts.anatomy import backends, lungmask_backend, totalseg_backend
 from scripts.anatomy.base import BackendUnavailableError, MissingWeightsError
@@ -183,11 +183,10 @@ def test_totalseg_in_process_calls_and_label_mapping(monkeypatch, tmp_path):
 
 def test_totalseg_in_a_separate_interpreter(monkeypatch, tmp_path):
     """The separate-environment path runs scripts.anatomy.totalseg_runner with the given python."""
-    fake = tmp_path / "fake_env" / "totalsegmentator"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("")
-    (fake / "map_to_binary.py").write_text(f"class_map = {FAKE_CLASS_MAP!r}\n")
-    (fake / "python_api.py").write_text(textwrap.dedent("""
+    write_fake_totalsegmentator(
+        tmp_path / "fake_env",
+        FAKE_CLASS_MAP,
+        """
             import json, os
             import nibabel as nib
             import numpy as np
@@ -197,7 +196,8 @@ def test_totalseg_in_a_separate_interpreter(monkeypatch, tmp_path):
                     f.write(json.dumps(kwargs) + "\\n")
                 seg = np.full(input.shape, 2, dtype=np.uint8)
                 return nib.Nifti1Image(seg, input.affine)
-            """))
+            """,
+    )
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake_env"))
     monkeypatch.setenv("FAKE_TS_LOG", str(tmp_path / "log.jsonl"))
     put_weights(tmp_path / "totalseg" / "nnunet" / "results", 258, 298)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.machinery
 import json
 import sys
-import textwrap
 import types
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import write_fake_totalsegmentator
 
 from scripts.anatomy import totalseg_backend
 from scripts.anatomy.base import BackendUnavailableError, MissingWeightsError
@@ -235,11 +235,10 @@ def test_totalsegmentator_measures_with_a_fake_package(cases, monkeypatch, total
 
 def test_totalsegmentator_measures_in_a_separate_interpreter(monkeypatch, totalseg_home, tmp_path):
     """With ``totalseg_python`` the tasks run in another interpreter (scripts.anatomy.totalseg_runner)."""
-    fake = tmp_path / "fake_env" / "totalsegmentator"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("")
-    (fake / "map_to_binary.py").write_text(f"class_map = {FAKE_CLASS_MAP!r}\n")
-    (fake / "python_api.py").write_text(textwrap.dedent("""
+    write_fake_totalsegmentator(
+        tmp_path / "fake_env",
+        FAKE_CLASS_MAP,
+        """
             import json, os
             import nibabel as nib
             import numpy as np
@@ -259,7 +258,8 @@ def test_totalsegmentator_measures_in_a_separate_interpreter(monkeypatch, totals
                 else:
                     seg[n // 2, 2:-2, 2:-2] = 2
                 return nib.Nifti1Image(seg, input.affine)
-            """))
+            """,
+    )
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake_env"))
     monkeypatch.setenv("FAKE_TS_LOG", str(tmp_path / "log.jsonl"))
     put_weights(totalseg_home, *ALL_DATASETS)
