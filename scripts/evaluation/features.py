@@ -132,6 +132,19 @@ def _dilate_like_medicalnet(model: ResNet) -> None:
                 block.downsample[0].stride = (1,) * 3
 
 
+def _pooled_resnet50(spatial_dims: int, in_channels: int) -> ResNet:
+    """MONAI's ResNet-50 in the layout both feature networks' weights use (stride-2 stem, type-B shortcuts, no
+    downsample bias), ending at the global average pool (2048-d features, no classifier)."""
+    return resnet50(
+        spatial_dims=spatial_dims,
+        n_input_channels=in_channels,
+        conv1_t_stride=2,
+        feed_forward=False,
+        shortcut_type="B",
+        bias_downsample=False,
+    )
+
+
 def medicalnet_resnet50(
     weights: str | Path | None = None,
     large_files: str | Path | None = None,
@@ -147,14 +160,7 @@ def medicalnet_resnet50(
         dilated: MedicalNet's dilated layers 3-4 (see the module docstring).
     """
     path = None if random_weights else resolve_weights("medicalnet_resnet50", weights, large_files)  # fail fast
-    model = resnet50(
-        spatial_dims=3,
-        n_input_channels=1,
-        conv1_t_stride=2,
-        feed_forward=False,
-        shortcut_type="B",
-        bias_downsample=False,
-    )
+    model = _pooled_resnet50(spatial_dims=3, in_channels=1)
     if dilated:
         _dilate_like_medicalnet(model)
     if path is not None:
@@ -173,14 +179,7 @@ def resnet50_2d(
         random_weights: build with random weights and read no file (tests only).
     """
     path = None if random_weights else resolve_weights("resnet50_2d", weights, large_files)  # fail fast
-    model = resnet50(
-        spatial_dims=2,
-        n_input_channels=3,
-        conv1_t_stride=2,
-        feed_forward=False,
-        shortcut_type="B",
-        bias_downsample=False,
-    )
+    model = _pooled_resnet50(spatial_dims=2, in_channels=3)
     if path is not None:
         load_state_dict(model, path)
     return model.eval()

@@ -46,7 +46,7 @@ from scripts.data.datalist import IMAGE_KEY
 from scripts.data.io import OutputExistsError, atomic_path
 from scripts.data.transforms import build_channel_preprocessing
 from scripts.inference.pipeline import MedSynPipeline
-from scripts.inference.workflow import WEIGHTS_HINT, _as_bool, _as_tile, model_grid
+from scripts.inference.workflow import WEIGHTS_HINT, _as_bool, _as_tile, exit_in_one_line, model_grid
 from scripts.networks.unet import MedSynUNet
 from scripts.networks.weights import WeightsNotFoundError, load_network, load_state, read_description
 
@@ -272,25 +272,19 @@ def check_segment_run(
         lowres_weights, sr_weights: the two stages' weights, whose descriptions give ``network_def``.
         segment_weights: ``models/model.pt``.
     """
-    try:
+    with exit_in_one_line("segment"):
         items = segmentation_datalist(image, dataset_dir, output_dir, postfix, overwrite)
         for stage, path in (("lowres", lowres_weights), ("sr", sr_weights)):
             read_description(path or "", stage, WEIGHTS_HINT)
         _require_file(segment_weights)
-    except Exception as err:  # one line for the command line, not a traceback
-        raise SystemExit(f"medsyn segment failed: {type(err).__name__}: {err}") from None
     return items
 
 
 def run_evaluator(evaluator: Any) -> None:
     """Second step of the ``segment`` command: ``evaluator.run()``; a failure exits with one line naming its root
     cause (a bad case's :class:`~scripts.data.datalist.DataError` rather than MONAI's "applying transform")."""
-    try:
+    with exit_in_one_line("segment", root_cause=True):
         evaluator.run()
-    except Exception as err:
-        while err.__cause__ is not None:
-            err = err.__cause__
-        raise SystemExit(f"medsyn segment failed: {type(err).__name__}: {err}") from None
 
 
 def _require_file(path: str | os.PathLike | None) -> Path:
@@ -346,10 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=DEFAULT_EXPORT, help="the state dict to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    try:
+    with exit_in_one_line("segmentation export"):
         out = export_weights(args.lowres_weights, args.sr_weights, args.out, args.overwrite)
-    except Exception as err:  # one line for the command line, not a traceback
-        raise SystemExit(f"medsyn segmentation export failed: {type(err).__name__}: {err}") from None
     print(f"wrote {out} (lowres {args.lowres_weights} + sr {args.sr_weights})")
     return 0
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,18 @@ def model_grid(
     size = int(data.get("size", 64 * LOWRES_FACTOR))
     size_mode = data.get("size_mode", "pad_crop")
     return tuple(float(s) for s in (spacing or data.get("spacing") or (1.0, 1.0, 1.0))), size, size_mode
+
+
+@contextmanager
+def exit_in_one_line(command: str, root_cause: bool = False) -> Iterator[None]:
+    """For the command line: any failure inside ends the process with ``medsyn <command> failed: <Type>: <message>``
+    instead of a traceback. ``root_cause`` reports the innermost ``__cause__`` (MONAI wraps transform errors)."""
+    try:
+        yield
+    except Exception as err:
+        while root_cause and err.__cause__ is not None:
+            err = err.__cause__
+        raise SystemExit(f"medsyn {command} failed: {type(err).__name__}: {err}") from None
 
 
 def _as_bool(value: Any) -> bool:
@@ -247,10 +260,8 @@ class InferenceRunner:
 
     def run(self, **kwargs: Any) -> list[dict[str, Path]]:
         """:meth:`generate` for the command line: a failure exits with one line (samples written so far stay)."""
-        try:
+        with exit_in_one_line("inference"):
             return self.generate(**kwargs)
-        except Exception as err:  # the CLI reports every failure as one line, not a traceback
-            raise SystemExit(f"medsyn inference failed: {type(err).__name__}: {err}") from None
 
     def synthesize(self, num_folds: int = 5, **kwargs: Any) -> Path:
         """Generate samples and an Auto3DSeg dataset beside them: ``<id>_label.nii.gz`` (lobes 1-5, airway 6,
@@ -293,10 +304,8 @@ class InferenceRunner:
 
     def run_synthesize(self, **kwargs: Any) -> Path:
         """:meth:`synthesize` for the command line (one-line failure)."""
-        try:
+        with exit_in_one_line("synthesize"):
             return self.synthesize(**kwargs)
-        except Exception as err:  # one line for the CLI
-            raise SystemExit(f"medsyn synthesize failed: {type(err).__name__}: {err}") from None
 
 
 def _combined_label(paths: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
