@@ -2,14 +2,23 @@
 
     python -m benchmarks.bench_networks [--quick] [--sizes 32 64] [--threads N] [--json FILE]
 
-Networks (batch 1, 4 channels, text of 192 × 384 tokens, float32), at matched parameter counts (~7.4-8.0 M):
+    python -m benchmarks.bench_networks --paper [--threads N] [--memory_limit_gb 20] [--json FILE]
+
+Comparison networks (batch 1, 4 channels, text of 192 × 384 tokens, float32), at matched parameter counts
+(~7.4-8.0 M):
   ours            MedSynUNet, preset "small" lowres with width 16 (attention only in the bottleneck)
   ours_checkpointed  the same with gradient checkpointing (use_checkpointing=True)
   monai_attn_all  monai DiffusionModelUNet (16, 32, 48, 96), self+cross attention at every level
   monai_attn_last the same with attention at the last level only
+``--paper`` measures the full-size ``paper`` preset instead (text 192 × 768): the low-res network's training step at
+64³ (``paper_lowres``, and ``paper_lowres_checkpointed``) and the super-resolution network's sampling step at 256³,
+on the whole volume (``paper_sr``) and through the inference's tiling (``paper_sr_tiled``: 64-slice slabs, overlap
+0.25, as ``sr_tile`` in configs/inference.json).
 Each (network, size) runs in a fresh subprocess so the peak resident memory (VmHWM of /proc/self/status) is
-that case's own; on CUDA the peak is torch.cuda.max_memory_allocated. A training step is forward + MSE + backward,
-a sampling step a forward pass under torch.inference_mode.
+that case's own; on CUDA the peak is torch.cuda.max_memory_allocated. On CPU the subprocess's address space is
+capped (``--memory_limit_gb``) so a case that does not fit fails alone instead of waking the kernel's OOM killer.
+A training step is forward + MSE + backward (no optimizer: AdamW adds 8 bytes per parameter), a sampling step a
+forward pass under torch.inference_mode.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,15 +39,33 @@ import torch
 REPO = Path(__file__).resolve().parents[1]  # children run `-m benchmarks.bench_networks` from the repository root
 TEXT_TOKENS, TEXT_DIM, CHANNELS = 192, 384, 4
 NETWORKS = ("ours", "ours_checkpointed", "monai_attn_all", "monai_attn_last")
+# the paper preset: network -> (size, steps measured); one step each, a training step at 64³ is minutes on a CPU
+PAPER_CASES = {
+    "paper_lowres": (64, ("train",)),
+    "paper_lowres_checkpointed": (64, ("train",)),
+    "paper_sr": (256, ("sample",)),
+    "paper_sr_tiled": (256, ("sample",)),
+}
+PAPER_SR_TILE = (64, -1, -1)  # configs/inference.json sr_tile
 MONAI_CHANNELS = (16, 32, 48, 96)
 
 
 def build(name: str) -> torch.nn.Module:
-    """One of :data:`NETWORKS`, randomly initialised."""
-    if name in ("ours", "ours_checkpointed"):
-        from scripts.networks import build_network
+    """One of :data:`NETWORKS` or :data:`PAPER_CASES`, randomly initialised."""
+    from scripts.networks import build_network
 
+    if name in ("ours", "ours_checkpointed"):
         return build_network("small", "lowres", width=16, use_checkpointing=name == "ours_checkpointed")
+    if name.startswith("paper_lowres"):
+        return build_network("paper", "lowres", use_checkpointing=name.endswith("_checkpointed"))
+    if name == "paper_sr":
+        return build_network("paper", "sr")
+    if name == "paper_sr_tiled":
+        from scripts.inference.tiling import SlidingWindowNetwork
+
+        net = SlidingWindowNetwork(build_network("paper", "sr"), roi_size=PAPER_SR_TILE, overlap=0.25)
+        net.in_channels, net.context_dim = net.network.in_channels, net.network.context_dim
+        return net
     from monai.networks.nets import DiffusionModelUNet
 
     levels = len(MONAI_CHANNELS)
@@ -79,15 +107,22 @@ def _timed(step: Callable[[], None], device: torch.device, reps: int) -> float:
     return statistics.median(times)
 
 
-def run_case(name: str, size: int, device_name: str, warmup: int, reps: int) -> dict:
-    """Measure one network at one size in this process (call in a fresh process for a clean memory peak)."""
+def run_case(
+    name: str, size: int, device_name: str, warmup: int, reps: int, steps: tuple[str, ...] = ("sample", "train")
+) -> dict:
+    """Measure one network at one size in this process (call in a fresh process for a clean memory peak).
+
+    ``steps``: which of ``sample`` and ``train`` to measure; a step not measured is reported as None.
+    """
     device = torch.device(device_name)
     torch.manual_seed(0)
     net = build(name).to(device)
-    x = torch.randn(1, CHANNELS, size, size, size, device=device)
+    in_channels = getattr(net, "in_channels", CHANNELS)
+    text_dim = getattr(net, "context_dim", TEXT_DIM)  # MONAI's network has no such attribute: our text width
+    x = torch.randn(1, in_channels, size, size, size, device=device)
     t = torch.tensor([500.0], device=device)
-    text = torch.randn(1, TEXT_TOKENS, TEXT_DIM, device=device)
-    target = torch.randn_like(x)
+    text = None if text_dim is None else torch.randn(1, TEXT_TOKENS, text_dim, device=device)
+    target = torch.randn(1, getattr(net, "out_channels", CHANNELS), size, size, size, device=device)
 
     def sample() -> None:
         with torch.inference_mode():
@@ -98,30 +133,33 @@ def run_case(name: str, size: int, device_name: str, warmup: int, reps: int) -> 
         torch.nn.functional.mse_loss(net(x, t, text), target).backward()
 
     base = _peak_bytes(device) if device.type == "cpu" else 0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        sample()
-    sample_s = _timed(sample, device, reps)
-    sample_peak = _peak_bytes(device)  # sampling first: its peak is below training's, so each is read in turn
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        train()
-    train_s = _timed(train, device, reps)
-    train_peak = _peak_bytes(device)
-    return {
+    measured: dict[str, tuple[float, int] | None] = {"sample": None, "train": None}
+    for step_name, step in (("sample", sample), ("train", train)):  # sampling first: its peak is below training's
+        if step_name not in steps:
+            continue
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(warmup):
+            step()
+        seconds = _timed(step, device, reps)
+        measured[step_name] = (seconds, _peak_bytes(device))
+    result = {
         "network": name,
         "size": size,
         "device": device_name,
         "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in net.parameters()),
-        "train_step_s": round(train_s, 3),
-        "sample_step_s": round(sample_s, 3),
-        "train_peak_gb": round(train_peak / 2**30, 3),
-        "sample_peak_gb": round(sample_peak / 2**30, 3),
         "baseline_gb": round(base / 2**30, 3),  # CPU: resident memory before the first step (model, inputs)
     }
+    for step_name, value in measured.items():
+        result[f"{step_name}_step_s"] = None if value is None else round(value[0], 3)
+        result[f"{step_name}_peak_gb"] = None if value is None else round(value[1] / 2**30, 3)
+    return result
+
+
+def _address_space_cap(gigabytes: float) -> Callable[[], None]:
+    limit = int(gigabytes * 2**30)
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def _child(args: argparse.Namespace, name: str, size: int, device: str) -> dict:
@@ -140,8 +178,10 @@ def _child(args: argparse.Namespace, name: str, size: int, device: str) -> dict:
         "--threads",
         str(args.threads),
     ]
+    # CUDA reserves far more address space than it uses: cap CPU cases only
+    cap = _address_space_cap(args.memory_limit_gb) if device == "cpu" and args.memory_limit_gb else None
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO, preexec_fn=cap)
     except subprocess.TimeoutExpired:
         return {"network": name, "size": size, "device": device, "error": f"over {args.timeout} s"}
     if proc.returncode != 0:
@@ -161,11 +201,12 @@ def _table(results: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['network']} | | {r['size']}³ | {r['device']} | {r['error']} | | | |")
             continue
-        base = r["baseline_gb"]
+        cells = []
+        for step_name in ("train", "sample"):
+            seconds, peak = r[f"{step_name}_step_s"], r[f"{step_name}_peak_gb"]
+            cells += ["-", "-"] if seconds is None else [f"{seconds}", f"{peak} / {peak - r['baseline_gb']:.2f}"]
         lines.append(
-            f"| {r['network']} | {r['params'] / 1e6:.2f}M | {r['size']}³ | {r['device']} | {r['train_step_s']} | "
-            f"{r['train_peak_gb']} / {r['train_peak_gb'] - base:.2f} | {r['sample_step_s']} | "
-            f"{r['sample_peak_gb']} / {r['sample_peak_gb'] - base:.2f} |"
+            f"| {r['network']} | {r['params'] / 1e6:.2f}M | {r['size']}³ | {r['device']} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
 
@@ -177,12 +218,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no warm-up, one repetition, attention-at-every-level MONAI only at 32³ (< 2 min on CPU)",
     )
+    parser.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper preset instead: low-res training step at 64³, super-resolution sampling step at 256³",
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per (network, size) case")
+    parser.add_argument(
+        "--memory_limit_gb",
+        type=float,
+        default=20.0,
+        help="address-space cap of each CPU case (0: none); a case over it is reported as not fitting",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--case", nargs=3, metavar=("NETWORK", "SIZE", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -190,14 +242,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.case:  # child process: one case, one JSON line
         name, size, device = args.case
-        print(json.dumps(run_case(name, int(size), device, args.warmup, args.reps)))
+        steps = PAPER_CASES[name][1] if name in PAPER_CASES else ("sample", "train")
+        print(json.dumps(run_case(name, int(size), device, args.warmup, args.reps, steps)))
         return 0
 
-    if args.quick:
+    if args.quick or args.paper:
         args.warmup, args.reps = 0, 1
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = []
     for device in devices:
+        if args.paper:
+            for name, (size, _) in PAPER_CASES.items():
+                results.append(_child(args, name, size, device))
+                print(_table(results[-1:]).splitlines()[-1], flush=True)
+            continue
         for size in args.sizes:
             for name in args.networks:
                 if args.quick and device == "cpu" and name == "monai_attn_all" and size > 32:

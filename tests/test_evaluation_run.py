@@ -121,3 +121,5 @@ def test_adherence_part_on_phantoms_written_with_prompt_sidecars(tmp_path):
     assert result["finding"]["mean"] > 1500 and result["negation"]["mean"] < 20
     assert result["p"] < 1e-3
     assert (tmp_path / "out" / "adherence_boxplot.png").is_file()
+    header = (tmp_path / "out" / "report.md").read_text().split("## ")[0]
+    assert "- adherence: " in header and "generated" in header and "synthetic:" not in header and "real:" not in header

@@ -74,6 +74,36 @@ def test_study_with_a_fake_generator_writes_table_json_and_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_study_counts_unmeasurable_volumes_and_tests_the_rest(tmp_path):
+    """A volume the measure cannot read (NaN, e.g. no heart found) is counted, and left out of mean and test."""
+    finding, negation = [0.6, float("nan"), 0.62, 0.64], [0.45, 0.5, float("nan"), float("nan")]
+
+    def generate(prompt: str, num: int, seed: int):
+        return [(np.full((2, 2, 2), v), (1, 1, 1)) for v in (finding if "cardiomegaly" in prompt else negation)]
+
+    def measure(ct_hu, spacing, measures):
+        return {measures[0]: float(ct_hu.flat[0])}
+
+    pairs = adherence.load_pairs(
+        [{"name": "ctr", "finding": "cardiomegaly", "negation": "normal heart", "measure": "cardiothoracic_ratio"}]
+    )
+    r = adherence.run_study(pairs, generate, num=4, measure=measure, progress=False)[0]
+    assert (r["finding"]["n"], r["finding"]["generated"], r["negation"]["n"], r["negation"]["generated"]) == (
+        3,
+        4,
+        2,
+        4,
+    )
+    assert r["finding"]["mean"] == pytest.approx(0.62)
+    assert r["p"] == pytest.approx(stats.ttest_ind([0.6, 0.62, 0.64], [0.45, 0.5], alternative="greater").pvalue)
+    assert "| 3/4, 2/4 |" in adherence.study_markdown([r])
+    adherence.study_boxplot([r], tmp_path / "box.png")
+    negation[1] = float("nan")  # one measurable negation left: no test, but still a report
+    r = adherence.run_study(pairs, generate, num=4, measure=measure, progress=False)[0]
+    assert r["negation"]["n"] == 1 and np.isnan(r["p"]) and np.isnan(r["negation"]["std"])
+    assert "| 3/4, 1/4 |" in adherence.study_markdown([r])
+
+
 def test_folder_generator_groups_volumes_by_sidecar_prompt(tmp_path):
     from scripts.data.io import ras_affine, write_json, write_nifti
 

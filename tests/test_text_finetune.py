@@ -20,9 +20,11 @@ from scripts.text.finetune import (
     PairedSectionDataset,
     PretrainingLoss,
     PretrainingModel,
+    impression_key,
     mask_tokens,
     masked_lm_loss,
     paired_section_loss,
+    parameter_groups,
     prepare_pretraining_batch,
     section_pair,
 )
@@ -103,7 +105,7 @@ def test_both_losses_fall_when_fitting_one_batch(tokenizer):
     batch = torch.utils.data.default_collate([data[i] for i in range(8)])
     inputs, targets, _, kwargs = prepare_pretraining_batch(batch, "cpu")
     model = PretrainingModel(mlm_model=tiny_mlm())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr=3e-3, head_lr=1e-2))  # the recipe: a faster new head
     loss_fn = PretrainingLoss()
     losses = []
     for _ in range(15):
@@ -180,3 +182,17 @@ def test_swaps_take_an_impression_with_different_content(tokenizer):
     assert partners == {2}
     with pytest.raises(ValueError, match="max_overlap"):
         PairedSectionDataset(reports, tokenizer, max_overlap=0.0)
+
+
+def test_impressions_that_state_no_finding_are_one_content(tokenizer):
+    """"Normal CT of the chest." and "No acute cardiopulmonary abnormality." say the same: never swapped."""
+    assert impression_key("Normal CT of the chest.") == impression_key("No acute  cardiopulmonary abnormality.")
+    assert impression_key("No pleural effusion.") != impression_key("Normal CT of the chest.")
+    reports = [
+        "Findings: Clear lungs. Impression: Normal CT of the chest.",
+        "Findings: Clear lungs, normal heart. Impression: No acute cardiopulmonary abnormality.",
+        "Findings: Enlarged heart. Impression: Severe cardiomegaly.",
+    ]
+    data = PairedSectionDataset(reports, tokenizer, max_length=48, seed=0, swap_probability=1.0)
+    assert {data._swap_partner(0, np.random.default_rng(seed)) for seed in range(30)} == {2}
+    assert {data._swap_partner(2, np.random.default_rng(seed)) for seed in range(30)} == {0, 1}

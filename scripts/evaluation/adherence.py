@@ -131,7 +131,9 @@ def run_study(
         progress: show a progress bar over the generated volumes.
 
     Returns:
-        one dict per pair: the pair's fields, ``values`` and ``mean``/``std`` per group, ``t`` and ``p``.
+        one dict per pair: the pair's fields, ``values`` (every volume's measure, NaN where it could not be
+        measured), per group ``mean``/``std`` over the measured volumes, ``n`` (measured) and ``generated``, and
+        ``t`` and ``p`` of the measured volumes (NaN when a group has fewer than 2).
     """
     results = []
     bar = tqdm(total=2 * num * len(pairs), desc="adherence", disable=not progress)
@@ -145,9 +147,20 @@ def run_study(
             for ct_hu, spacing in volumes:
                 values[group].append(float(measure(ct_hu, spacing, measures=[pair.measure])[pair.measure]))
                 bar.update()
-        test = one_tailed_ttest(values["finding"], values["negation"], pair.alternative, equal_var)
+        # a volume the measure cannot read (e.g. no heart found: CTR is NaN) is counted, not averaged or tested
+        measured = {g: np.asarray(v)[np.isfinite(v)] for g, v in values.items()}
+        if min(len(v) for v in measured.values()) >= 2:
+            test = one_tailed_ttest(measured["finding"], measured["negation"], pair.alternative, equal_var)
+        else:
+            test = {"t": math.nan, "p": math.nan}
         summary = {
-            g: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "n": len(v)} for g, v in values.items()
+            g: {
+                "mean": float(np.mean(v)) if len(v) else math.nan,
+                "std": float(np.std(v, ddof=1)) if len(v) > 1 else math.nan,
+                "n": len(v),
+                "generated": len(values[g]),
+            }
+            for g, v in measured.items()
         }
         results.append({**asdict(pair), "values": values, **summary, **test})
     bar.close()
@@ -219,19 +232,25 @@ def pipeline_generator(pipeline: Callable, spacing: Sequence[float], lowres_only
 
 
 def study_markdown(results: Sequence[dict]) -> str:
-    """The study as a Markdown table: mean ± sd per group, n, test direction and p-value."""
+    """The study as a Markdown table: mean ± sd per group, measured / generated volumes per group, test direction
+    and p-value (of the measured volumes)."""
     lines = [
-        "| pair | measure | finding mean ± sd | negation mean ± sd | n | test | t | p (one-tailed) |",
+        "| pair | measure | finding mean ± sd | negation mean ± sd | measured / generated (finding, negation) | test "
+        "| t | p (one-tailed) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         sign = ">" if r["alternative"] == "greater" else "<"
         lines.append(
             f"| {r['name']} | {r['measure']} | {r['finding']['mean']:.4g} ± {r['finding']['std']:.3g} "
-            f"| {r['negation']['mean']:.4g} ± {r['negation']['std']:.3g} | {r['finding']['n']}/{r['negation']['n']} "
+            f"| {r['negation']['mean']:.4g} ± {r['negation']['std']:.3g} | {_counts(r['finding'])}, {_counts(r['negation'])} "
             f"| finding {sign} negation | {r['t']:.3g} | {r['p']:.3g} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _counts(group: dict) -> str:
+    return f"{group['n']}/{group.get('generated', group['n'])}"
 
 
 def study_boxplot(results: Sequence[dict], path: str | Path, overwrite: bool = False) -> Path:
@@ -245,7 +264,8 @@ def study_boxplot(results: Sequence[dict], path: str | Path, overwrite: bool = F
 
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.6), squeeze=False)
     for ax, r in zip(axes[0], results):
-        ax.boxplot([r["values"]["finding"], r["values"]["negation"]], tick_labels=["finding", "negation"])
+        groups = [[v for v in r["values"][g] if math.isfinite(v)] for g in ("finding", "negation")]
+        ax.boxplot(groups, tick_labels=["finding", "negation"])
         ax.set_title(f"{r['name']}\np = {r['p']:.3g}", fontsize=9)
         ax.set_ylabel(r["measure"], fontsize=8)
     fig.tight_layout()

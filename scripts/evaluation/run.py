@@ -257,11 +257,18 @@ def run_evaluation(
             agreement_num, agreement_size, backend=backend, progress=progress
         )
 
-    header = {
-        "parts": ", ".join(parts),
-        "synthetic": f"{synthetic_dir} ({synthetic_glob})" if synthetic_dir else "—",
-        "real": f"{real_datalist} ({real_split}; training split {training_split})" if real_datalist else "—",
-        "time": f"{time.time() - started:.1f} s on {platform.node() or 'this machine'}",
-    }
+    # the header names only the inputs the selected parts read (config defaults of unused inputs would mislead)
+    header = {"parts": ", ".join(parts)}
+    if streamed:
+        header["synthetic"] = f"{synthetic_dir} ({synthetic_glob})"
+    if streamed or "segmentation" in parts:
+        header["real"] = f"{real_datalist} ({real_split}; training split {training_split})"
+    if measure_backend is not None:
+        header["measure backend"] = measure_backend.name
+    if "adherence" in parts:
+        header["adherence"] = f"{adherence_dir} (pairs: {prompt_pairs or 'the paper three'})"
+    if "segmentation" in parts:
+        header["segmentation"] = str(segmentation_dir)
+    header["time"] = f"{time.time() - started:.1f} s on {platform.node() or 'this machine'}"
     paths = write_report(results, output_dir, header, overwrite)
     return {"results": results, "paths": paths}

@@ -133,6 +133,20 @@ def mask_tokens(
 
 SWAP_TRIES = 20  # random partners tried per swap before the least similar one is taken
 _WORD = re.compile(r"[a-z0-9]+")
+# Impressions made only of these words state that nothing is wrong ("No acute cardiopulmonary abnormality.",
+# "Normal CT of the chest."): they are one content, so swapping one for another is no mismatch.
+NO_FINDING_WORDS = frozenset(
+    "no not acute active normal abnormality abnormalities unremarkable significant intrathoracic cardiopulmonary "
+    "thoracic chest ct scan study of the a an in and or for findings evidence disease process".split()
+)
+NO_FINDING_KEY = "<no finding>"
+
+
+def impression_key(text: str) -> str:
+    """What an Impression says, for choosing swaps: its lower-case normalised text, or :data:`NO_FINDING_KEY`
+    when it only states that nothing is wrong."""
+    key = normalise_text(text).lower()
+    return NO_FINDING_KEY if set(_WORD.findall(key)) <= NO_FINDING_WORDS else key
 
 
 class PairedSectionDataset(Dataset):
@@ -146,7 +160,8 @@ class PairedSectionDataset(Dataset):
         swap_probability: share of samples whose Impression is swapped with another report's.
         max_overlap: a swapped-in Impression should share less than this fraction of words (Jaccard) with the
             report's own, so that "unpaired" means different content rather than a rewording ("No effusion." vs
-            "No pleural effusion."), which no model can detect; up to ``SWAP_TRIES`` partners are drawn.
+            "No pleural effusion."), which no model can detect; up to ``SWAP_TRIES`` partners are drawn. Two
+            Impressions that only state normality (:func:`impression_key`) are never swapped for each other.
         seed: random seed.
         fixed: True to draw the same swap and masking for an index every time (held-out evaluation); False to draw
             afresh at each access from one generator (training; use ``num_workers=0`` to keep runs reproducible).
@@ -170,12 +185,12 @@ class PairedSectionDataset(Dataset):
         self.pairs = [pair for pair in pairs if pair is not None]
         if len(self.pairs) < len(pairs):
             logger.warning("skipped %d report(s) with neither sections nor two sentences", len(pairs) - len(self.pairs))
-        keys = [normalise_text(second).lower() for _, second in self.pairs]
+        keys = [impression_key(second) for _, second in self.pairs]
         distinct = sorted(set(keys))
         if len(distinct) < 2:
             raise ReportError(f"need reports with at least two different Impressions to swap, got {len(distinct)}")
         self._keys = np.array([distinct.index(key) for key in keys])
-        self._words = [frozenset(_WORD.findall(key)) for key in keys]
+        self._words = [frozenset(_WORD.findall(normalise_text(second).lower())) for _, second in self.pairs]
         if not 0.0 < max_overlap <= 1.0:
             raise ValueError(f"max_overlap must be in (0, 1], got {max_overlap}")
         self.max_overlap = max_overlap
@@ -278,6 +293,9 @@ class PretrainingModel(nn.Module):
         max_positions: stretch the position table to this many positions (2048 for CXR-BERT as in MedSyn).
         mlm_model: an already built ``BertForMaskedLM`` (e.g. a tiny random one in tests).
         dropout: dropout before the paired-section head.
+
+    The paired-section head is new (a linear layer on the [CLS] state): train it faster than the pretrained
+    encoder (:func:`parameter_groups`).
     """
 
     def __init__(
@@ -323,6 +341,15 @@ class PretrainingModel(nn.Module):
         ).last_hidden_state
         chosen = states[masked_positions] if masked_positions is not None else states
         return {"mlm_logits": self.mlm.cls(chosen), "pair_logits": self.pair_head(states[:, 0])}
+
+
+def parameter_groups(model: PretrainingModel, lr: float, head_lr: float | None = None) -> list[dict]:
+    """AdamW parameter groups: the pretrained encoder and MLM head at ``lr``, the new paired-section head at
+    ``head_lr`` (default ``lr``): a head trained from scratch at a fine-tuning rate barely moves in a short run."""
+    head = list(model.pair_head.parameters())
+    head_ids = {id(p) for p in head}
+    rest = [p for p in model.parameters() if id(p) not in head_ids]
+    return [{"params": rest, "lr": lr}, {"params": head, "lr": lr if head_lr is None else head_lr}]
 
 
 def masked_lm_loss(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
