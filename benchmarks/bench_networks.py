@@ -10,10 +10,10 @@ Comparison networks (batch 1, 4 channels, text of 192 × 384 tokens, float32), a
   ours_checkpointed  the same with gradient checkpointing (use_checkpointing=True)
   monai_attn_all  monai DiffusionModelUNet (16, 32, 48, 96), self+cross attention at every level
   monai_attn_last the same with attention at the last level only
-``--paper`` measures the full-size ``paper`` preset instead (text 192 × 768): the low-res network's training step at
-64³ (``paper_lowres``, and ``paper_lowres_checkpointed``) and the super-resolution network's sampling step at 256³,
-on the whole volume (``paper_sr``) and through the inference's tiling (``paper_sr_tiled``: 64-slice slabs, overlap
-0.25, as ``sr_tile`` in configs/inference.json).
+``--paper`` measures the full-size ``paper`` preset instead (text 192 × 768): the low-res network's training
+step at 64³ (``paper_lowres``, also at 32³, and ``paper_lowres_checkpointed``) and the super-resolution network's
+sampling step at 256³, on the whole volume (``paper_sr``, also at 128³) and through the inference's tiling
+(``paper_sr_tiled``: 64-slice slabs, overlap 0.25, as ``sr_tile`` in configs/inference.json).
 Each (network, size) runs in a fresh subprocess so the peak resident memory (VmHWM of /proc/self/status) is
 that case's own; on CUDA the peak is torch.cuda.max_memory_allocated. On CPU the subprocess's address space is
 capped (``--memory_limit_gb``) so a case that does not fit fails alone instead of waking the kernel's OOM killer.
@@ -39,19 +39,24 @@ import torch
 REPO = Path(__file__).resolve().parents[1]  # children run `-m benchmarks.bench_networks` from the repository root
 TEXT_TOKENS, TEXT_DIM, CHANNELS = 192, 384, 4
 NETWORKS = ("ours", "ours_checkpointed", "monai_attn_all", "monai_attn_last")
-# the paper preset: network -> (size, steps measured); one step each, a training step at 64³ is minutes on a CPU
-PAPER_CASES = {
-    "paper_lowres": (64, ("train",)),
-    "paper_lowres_checkpointed": (64, ("train",)),
-    "paper_sr": (256, ("sample",)),
-    "paper_sr_tiled": (256, ("sample",)),
-}
+# the paper preset: (network, size); one step each, a training step at 64³ is minutes on a CPU. The low-res
+# training step also runs at 32³ and the whole-volume super-resolution step at 128³: activations grow with the
+# voxels, so the smaller size bounds the larger one's need (activations × 8) when it does not fit under the cap.
+PAPER_CASES = (
+    ("paper_lowres", 32),
+    ("paper_lowres", 64),
+    ("paper_lowres_checkpointed", 64),
+    ("paper_sr", 128),
+    ("paper_sr_tiled", 256),
+    ("paper_sr", 256),
+)
+PAPER_STEPS = {"paper_lowres": ("train",), "paper_lowres_checkpointed": ("train",), "paper_sr": ("sample",)}
 PAPER_SR_TILE = (64, -1, -1)  # configs/inference.json sr_tile
 MONAI_CHANNELS = (16, 32, 48, 96)
 
 
 def build(name: str) -> torch.nn.Module:
-    """One of :data:`NETWORKS` or :data:`PAPER_CASES`, randomly initialised."""
+    """One of :data:`NETWORKS` or the networks of :data:`PAPER_CASES`, randomly initialised."""
     from scripts.networks import build_network
 
     if name in ("ours", "ours_checkpointed"):
@@ -224,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the paper preset instead: low-res training step at 64³, super-resolution sampling step at 256³",
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
+    paper_names = list(dict.fromkeys(name for name, _ in PAPER_CASES))
+    parser.add_argument(
+        "--networks",
+        nargs="+",
+        choices=list(NETWORKS) + paper_names,
+        help="the networks to run (default: all of the comparison, or all paper cases with --paper)",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
@@ -242,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.case:  # child process: one case, one JSON line
         name, size, device = args.case
-        steps = PAPER_CASES[name][1] if name in PAPER_CASES else ("sample", "train")
+        steps = PAPER_STEPS.get(name.removesuffix("_tiled"), ("sample", "train"))
         print(json.dumps(run_case(name, int(size), device, args.warmup, args.reps, steps)))
         return 0
 
@@ -252,12 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for device in devices:
         if args.paper:
-            for name, (size, _) in PAPER_CASES.items():
+            for name, size in PAPER_CASES:
+                if args.networks and name not in args.networks:
+                    continue
                 results.append(_child(args, name, size, device))
                 print(_table(results[-1:]).splitlines()[-1], flush=True)
             continue
         for size in args.sizes:
-            for name in args.networks:
+            for name in args.networks or NETWORKS:
                 if args.quick and device == "cpu" and name == "monai_attn_all" and size > 32:
                     # SPEC §12: tens of seconds per step at 32³ already; 64³ is minutes on two cores
                     results.append({"network": name, "size": size, "device": device, "error": "skipped by --quick"})
