@@ -90,6 +90,31 @@ def build(name: str) -> torch.nn.Module:
     )
 
 
+def forward_gflop(name: str, size: int) -> float:
+    """Forward FLOPs (GFLOP, multiply-add = 2) of one step at batch 1, counted on the meta device: no memory, no
+    time, the same on every machine (convolutions, matrix products and attention; normalisations not counted).
+    A tiled network counts its tiles (MONAI's tile grid for the roi size and overlap), overlap included."""
+    from monai.data.utils import dense_patch_slices
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scripts.inference.tiling import SlidingWindowNetwork
+
+    with torch.device("meta"):
+        net = build(name)
+    shape, tiles = (size,) * 3, 1
+    if isinstance(net, SlidingWindowNetwork):
+        roi = tuple(size if r == -1 else r for r in net.roi_size)
+        interval = tuple(max(int(r * (1 - net.overlap)), 1) if r < size else size for r in roi)
+        shape, tiles, net = roi, len(dense_patch_slices((size,) * 3, roi, interval)), net.network
+    with torch.device("meta"):
+        x = torch.randn(1, net.in_channels, *shape)
+        text_dim = getattr(net, "context_dim", TEXT_DIM)
+        text = None if text_dim is None else torch.randn(1, TEXT_TOKENS, text_dim)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(x, torch.tensor([500.0]), text)
+    return round(tiles * counter.get_total_flops() / 1e9, 1)
+
+
 def _peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
@@ -167,6 +192,11 @@ def _address_space_cap(gigabytes: float) -> Callable[[], None]:
     return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def _measure(args: argparse.Namespace, name: str, size: int, device: str) -> dict:
+    """One case in a fresh process, with its forward FLOPs (counted here, on the meta device)."""
+    return {**_child(args, name, size, device), "gflop": forward_gflop(name, size)}
+
+
 def _child(args: argparse.Namespace, name: str, size: int, device: str) -> dict:
     cmd = [
         sys.executable,
@@ -198,20 +228,24 @@ def _child(args: argparse.Namespace, name: str, size: int, device: str) -> dict:
 def _table(results: list[dict]) -> str:
     """Markdown table; "Δ" columns are the peak minus the memory held before the first step (model, inputs)."""
     head = (
-        "| network | params | size | device | train step (s) | train peak / Δ (GB) | sample step (s) "
+        "| network | params | size | device | forward GFLOP | train step (s) | train peak / Δ (GB) | sample step (s) "
         "| sample peak / Δ (GB) |"
     )
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 9]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['network']} | | {r['size']}³ | {r['device']} | {r['error']} | | | |")
+            lines.append(
+                f"| {r['network']} | | {r['size']}³ | {r['device']} | {r.get('gflop', '')} | {r['error']} | | | |"
+            )
             continue
         cells = []
         for step_name in ("train", "sample"):
             seconds, peak = r[f"{step_name}_step_s"], r[f"{step_name}_peak_gb"]
             cells += ["-", "-"] if seconds is None else [f"{seconds}", f"{peak} / {peak - r['baseline_gb']:.2f}"]
         lines.append(
-            f"| {r['network']} | {r['params'] / 1e6:.2f}M | {r['size']}³ | {r['device']} | " + " | ".join(cells) + " |"
+            f"| {r['network']} | {r['params'] / 1e6:.2f}M | {r['size']}³ | {r['device']} | {r.get('gflop', '')} | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -266,16 +300,24 @@ def main(argv: list[str] | None = None) -> int:
             for name, size in PAPER_CASES:
                 if args.networks and name not in args.networks:
                     continue
-                results.append(_child(args, name, size, device))
+                results.append(_measure(args, name, size, device))
                 print(_table(results[-1:]).splitlines()[-1], flush=True)
             continue
         for size in args.sizes:
             for name in args.networks or NETWORKS:
                 if args.quick and device == "cpu" and name == "monai_attn_all" and size > 32:
                     # SPEC §12: tens of seconds per step at 32³ already; 64³ is minutes on two cores
-                    results.append({"network": name, "size": size, "device": device, "error": "skipped by --quick"})
+                    results.append(
+                        {
+                            "network": name,
+                            "size": size,
+                            "device": device,
+                            "gflop": forward_gflop(name, size),
+                            "error": "skipped by --quick",
+                        }
+                    )
                     continue
-                results.append(_child(args, name, size, device))
+                results.append(_measure(args, name, size, device))
                 print(_table(results[-1:]).splitlines()[-1], flush=True)
     report = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
