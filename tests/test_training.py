@@ -140,7 +140,10 @@ def test_stage1_trains_checkpoints_previews_and_exports(shared, tmp_path):
     # the `export` run writes the same files from the newest checkpoint, without training
     for path in tmp_path.glob("lowres_ema.*"):
         path.unlink()
-    again = ConfigWorkflow(config_file=TRAIN, meta_file=META, logging_file=False, run_id="export", **settings)
+    # with the config's max_epochs below the checkpoint's epoch: nothing is trained, so it still exports
+    again = ConfigWorkflow(
+        config_file=TRAIN, meta_file=META, logging_file=False, run_id="export", **{**settings, "max_epochs": 1}
+    )
     again.initialize()
     again.run()
     exported, meta = load_network(tmp_path / "lowres_ema.pt", "lowres")
@@ -157,6 +160,12 @@ def test_stage1_trains_checkpoints_previews_and_exports(shared, tmp_path):
     with pytest.raises(RuntimeError) as error:
         empty.run()
     assert "no checkpoint in" in causes(error.value)
+
+    # resuming training with a max_epochs the checkpoint is already past says what to do, in one line
+    short = workflow(TRAIN, {**settings, "max_epochs": 1})
+    with pytest.raises(Exception) as error:
+        short.run()
+    assert "checkpoint_4.pt is at epoch 2, past max_epochs=1: pass a larger --max_epochs" in causes(error.value)
 
 
 def test_stage2_trains_on_crops_and_exports(shared, tmp_path):

@@ -160,3 +160,15 @@ class ResumeFromLatest(CheckpointLoader):
             logger.info(f"no checkpoint in {self.load_dir}: starting a fresh run")
             return
         super().attach(engine)
+
+    def __call__(self, engine: Engine) -> None:
+        max_epochs = engine.state.max_epochs
+        try:
+            super().__call__(engine)
+        except ValueError as err:
+            if "max_epochs" not in str(err):
+                raise
+            raise ValueError(
+                f"{self.found} is at epoch {engine.state.epoch}, past max_epochs={max_epochs}: pass a larger "
+                "--max_epochs to continue this run, or --resume false to start over"
+            ) from None

@@ -138,6 +138,8 @@ def export_latest(
     loader = ResumeFromLatest(load_dir, load_dict, map_location=map_location)
     if loader.found is None:
         raise FileNotFoundError(f"no checkpoint in {load_dir}: train first, with the same --output_dir")
+    # nothing is trained here: a checkpoint past the command's max_epochs (the config default) still exports
+    trainer.state.max_epochs = None
     loader(trainer)
     paths = exporter(trainer)
     if paths is None:
