@@ -185,7 +185,7 @@ def test_swaps_take_an_impression_with_different_content(tokenizer):
 
 
 def test_impressions_that_state_no_finding_are_one_content(tokenizer):
-    """"Normal CT of the chest." and "No acute cardiopulmonary abnormality." say the same: never swapped."""
+    """ "Normal CT of the chest." and "No acute cardiopulmonary abnormality." say the same: never swapped."""
     assert impression_key("Normal CT of the chest.") == impression_key("No acute  cardiopulmonary abnormality.")
     assert impression_key("No pleural effusion.") != impression_key("Normal CT of the chest.")
     reports = [
