@@ -68,9 +68,7 @@ def build(name: str) -> torch.nn.Module:
     if name == "paper_sr_tiled":
         from scripts.inference.tiling import SlidingWindowNetwork
 
-        net = SlidingWindowNetwork(build_network("paper", "sr"), roi_size=PAPER_SR_TILE, overlap=0.25)
-        net.in_channels, net.context_dim = net.network.in_channels, net.network.context_dim
-        return net
+        return SlidingWindowNetwork(build_network("paper", "sr"), roi_size=PAPER_SR_TILE, overlap=0.25)
     from monai.networks.nets import DiffusionModelUNet
 
     levels = len(MONAI_CHANNELS)
@@ -90,6 +88,18 @@ def build(name: str) -> torch.nn.Module:
     )
 
 
+def example_inputs(
+    net: torch.nn.Module, shape: tuple[int, ...], device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x, timesteps, text)`` at batch 1 for ``net`` (a tiled wrapper is read through to its denoiser):
+    its input channels, and text of its width, none without text (MONAI's network: our text width)."""
+    spec = getattr(net, "network", net)  # SlidingWindowNetwork keeps the denoiser in ``network``
+    x = torch.randn(1, getattr(spec, "in_channels", CHANNELS), *shape, device=device)
+    text_dim = getattr(spec, "context_dim", TEXT_DIM)
+    text = None if text_dim is None else torch.randn(1, TEXT_TOKENS, text_dim, device=device)
+    return x, torch.tensor([500.0], device=device), text
+
+
 def forward_gflop(name: str, size: int) -> float:
     """Forward FLOPs (GFLOP, multiply-add = 2) of one step at batch 1, counted on the meta device: no memory, no
     time, the same on every machine (convolutions, matrix products and attention; normalisations not counted).
@@ -107,11 +117,9 @@ def forward_gflop(name: str, size: int) -> float:
         interval = tuple(max(int(r * (1 - net.overlap)), 1) if r < size else size for r in roi)
         shape, tiles, net = roi, len(dense_patch_slices((size,) * 3, roi, interval)), net.network
     with torch.device("meta"):
-        x = torch.randn(1, net.in_channels, *shape)
-        text_dim = getattr(net, "context_dim", TEXT_DIM)
-        text = None if text_dim is None else torch.randn(1, TEXT_TOKENS, text_dim)
+        x, t, text = example_inputs(net, shape)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            net(x, torch.tensor([500.0]), text)
+            net(x, t, text)
     return round(tiles * counter.get_total_flops() / 1e9, 1)
 
 
@@ -147,12 +155,8 @@ def run_case(
     device = torch.device(device_name)
     torch.manual_seed(0)
     net = build(name).to(device)
-    in_channels = getattr(net, "in_channels", CHANNELS)
-    text_dim = getattr(net, "context_dim", TEXT_DIM)  # MONAI's network has no such attribute: our text width
-    x = torch.randn(1, in_channels, size, size, size, device=device)
-    t = torch.tensor([500.0], device=device)
-    text = None if text_dim is None else torch.randn(1, TEXT_TOKENS, text_dim, device=device)
-    target = torch.randn(1, getattr(net, "out_channels", CHANNELS), size, size, size, device=device)
+    x, t, text = example_inputs(net, (size,) * 3, device)
+    target = torch.randn(1, CHANNELS, *x.shape[2:], device=device)  # every network here predicts the 4 channels
 
     def sample() -> None:
         with torch.inference_mode():

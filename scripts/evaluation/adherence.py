@@ -250,7 +250,7 @@ def study_markdown(results: Sequence[dict]) -> str:
 
 
 def _counts(group: dict) -> str:
-    return f"{group['n']}/{group.get('generated', group['n'])}"
+    return f"{group['n']}/{group['generated']}"
 
 
 def study_boxplot(results: Sequence[dict], path: str | Path, overwrite: bool = False) -> Path:
