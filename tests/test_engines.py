@@ -143,6 +143,39 @@ def test_rng_state_round_trip():
     assert __import__("random").random() == expected[2]
 
 
+class OnAccelerator:
+    """Stands for a tensor that ``torch.load(map_location="cuda")`` put on a GPU: the generators take it only
+    through ``.cpu()`` (``torch.set_rng_state`` refuses a CUDA tensor with "RNG state must be a torch.ByteTensor")."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def cpu(self):
+        return self.tensor
+
+    def __len__(self):
+        return len(self.tensor)
+
+
+def test_rng_state_restores_from_a_checkpoint_mapped_to_the_gpu():
+    state = RNGState().state_dict()
+    expected = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    mapped = {key: OnAccelerator(value) if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+    RNGState().load_state_dict(mapped)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert __import__("random").random() == expected[2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rng_state_round_trip_through_a_cuda_mapped_checkpoint(tmp_path):
+    torch.save({"rng": RNGState().state_dict()}, tmp_path / "checkpoint.pt")
+    expected = torch.rand(3)
+    loaded = torch.load(tmp_path / "checkpoint.pt", map_location="cuda", weights_only=True)
+    RNGState().load_state_dict(loaded["rng"])
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_rng_state_gives_other_ranks_their_own_streams_on_resume(monkeypatch):
     import scripts.engines.checkpoint as checkpoint
 

@@ -226,6 +226,7 @@ def test_loss_decreases_when_overfitting_one_batch(shared, tmp_path):
     wf.run()
     after = evaluator.state.metrics["val_loss"]
     assert after < 0.6 * before, (before, after)
+    assert evaluator.state.best_metric == after  # a loss: the lowest is the best (MONAI's default keeps the highest)
 
 
 def test_sigkill_then_rerun_resumes_from_the_saved_iteration(shared, tmp_path):

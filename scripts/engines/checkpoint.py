@@ -64,14 +64,16 @@ class RNGState:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        torch.set_rng_state(state["torch"])
+        # generator states are host tensors: a checkpoint loaded with map_location="cuda" (the training configs'
+        # @device) brings them onto the GPU, which torch.set_rng_state and cuda.set_rng_state_all refuse
+        torch.set_rng_state(state["torch"].cpu())
         if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(list(state["cuda"]))
+            torch.cuda.set_rng_state_all(list(state["cuda"].cpu()))
         has_gauss, cached = state["numpy_gauss"]
         np.random.set_state(
-            ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached)
+            ("MT19937", state["numpy_keys"].cpu().numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached)
         )
-        random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
+        random.setstate((state["python_version"], tuple(state["python"].cpu().tolist()), state["python_gauss"]))
         rank = _process_rank()
         if rank > 0:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) + rank

@@ -51,4 +51,9 @@ class TrainerIteration:
         return self.trainer.state.iteration if self.trainer is not None else epoch
 
 
-__all__ = ["ReseedEachRun", "TrainerIteration"]
+def lower_is_better(current: float, best: float) -> bool:
+    """``metric_cmp_fn`` of an evaluator whose key metric is a loss: MONAI's default keeps the highest value as best."""
+    return current < best
+
+
+__all__ = ["ReseedEachRun", "TrainerIteration", "lower_is_better"]
