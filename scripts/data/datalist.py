@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.conventions import MASK_KEYS
+from scripts.data.io import write_json
 
 IMAGE_KEY = "image"
 REPORT_KEY = "report"
@@ -187,3 +188,49 @@ def load_datalist(
         lines = "\n".join(f"  {p}" for p in problems)
         raise DataError(f"{path}: {len(problems)} problem(s) in section '{section}' (dataset_dir {root}):\n{lines}")
     return resolved
+
+
+def merge_datalists(
+    sources: list[str | os.PathLike],
+    out: str | os.PathLike,
+    training_per_source: int | None = None,
+    validation_limit: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, int]:
+    """Write one datalist from several (e.g. phantom sets generated in parallel, one per seed).
+
+    Relative paths (``PATH_KEYS`` and the phantom's ``truth``) are rewritten relative to ``out``'s folder, and each
+    ``id`` is prefixed by its source's folder name, so ids stay unique and the merged file works from where it lies.
+
+    Args:
+        sources: datalist files; their sections are concatenated in this order.
+        out: the merged datalist (written atomically).
+        training_per_source: keep only the first N training items of each source (a smaller subset, e.g. for SR).
+        validation_limit: keep only the first N validation items of the merged list.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        the number of items per section.
+    """
+    if not sources:
+        raise DataError("merge_datalists: no source datalists given")
+    out = Path(out)
+    merged: dict[str, list[dict[str, Any]]] = {section: [] for section in SECTIONS}
+    for source in map(Path, sources):
+        datalist, prefix = read_datalist(source), source.parent.name
+        for section in SECTIONS:
+            items = section_items(datalist, section, source=str(source)) if section in datalist else []
+            if section == "training" and training_per_source is not None:
+                items = items[:training_per_source]
+            for item in items:
+                item = dict(item)
+                for key in (*PATH_KEYS, "truth"):
+                    value = item.get(key)
+                    if isinstance(value, str) and value and not Path(value).is_absolute():
+                        item[key] = os.path.relpath(source.parent / value, out.parent)
+                item["id"] = f"{prefix}_{case_id(item)}"
+                merged[section].append(item)
+    if validation_limit is not None:
+        merged["validation"] = merged["validation"][:validation_limit]
+    write_json(out, merged, overwrite=overwrite)
+    return {section: len(items) for section, items in merged.items()}
