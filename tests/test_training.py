@@ -29,7 +29,7 @@ from scripts.engines import (
     list_checkpoints,
     load_split,
 )
-from scripts.networks import load_network
+from scripts.networks import build_network, load_network, save_network
 from scripts.phantom import write_dataset
 from scripts.text import ReportEncoder
 
@@ -332,6 +332,35 @@ def test_exported_weights_run_inference_end_to_end(shared, tmp_path):
     ct = __import__("nibabel").load(str(paths["ct"]))
     assert ct.shape == (32, 32, 32)
     assert tuple(round(float(z), 3) for z in ct.header.get_zooms()) == (10.0, 10.0, 10.0)
+
+
+def test_init_weights_starts_a_run_from_exported_weights(shared, tmp_path):
+    """Fine-tuning: the network and its EMA start from the weights; a wrong file fails in one line before training."""
+    torch.manual_seed(7)
+    start = build_network("tiny", "lowres", context_dim=384)
+    weights = save_network(tmp_path / "start.pt", start, start.config, "lowres", text_encoder="minilm", iteration=9)
+    wf = workflow(TRAIN, overrides(shared, tmp_path / "run", init_weights=str(weights)))
+    torch.testing.assert_close(wf.parser.get_parsed_content("network").state_dict(), start.state_dict())
+    torch.testing.assert_close(wf.parser.get_parsed_content("ema").model.state_dict(), start.state_dict())
+    wf.run()
+    wf.finalize()
+    trained, meta = load_network(tmp_path / "run" / "lowres_ema.pt", "lowres")
+    assert meta["started_from"] == {"weights": "start.pt", "iteration": 9}
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values()))
+
+    other = build_network("tiny", "lowres", context_dim=384, width=16)
+    wider = save_network(tmp_path / "wider.pt", other, other.config, "lowres", text_encoder="minilm")
+    sr = build_network("tiny", "sr")
+    sr_weights = save_network(tmp_path / "sr.pt", sr, sr.config, "sr")
+    for path, message in (
+        (wider, "wider.pt holds a different network (width differ): set preset and network_overrides"),
+        (sr_weights, "sr.pt holds sr weights, but lowres weights are needed here"),
+        (tmp_path / "none.pt", "no lowres weights at " + str(tmp_path / "none.pt") + ": init_weights takes a .pt"),
+    ):
+        with pytest.raises(Exception) as raised:
+            workflow(TRAIN, overrides(shared, tmp_path / "bad", init_weights=str(path)))
+        assert message in causes(raised.value)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("config", [TRAIN, TRAIN_SR])

@@ -7,6 +7,7 @@ from scripts.engines.checkpoint import (
     RNGState,
     latest_checkpoint,
     list_checkpoints,
+    start_from_weights,
 )
 
 # the pieces the training configs (configs/train.json, train_sr.json, multi_gpu_train.json) wire together

@@ -8,6 +8,7 @@ complete checkpoint of a folder, so rerunning the same command resumes.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -18,6 +19,9 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
+
+from scripts.networks import MedSynUNet, load_state, read_description
+from scripts.networks.weights import description_path
 
 logger = logging.getLogger(__name__)
 
@@ -174,3 +178,40 @@ class ResumeFromLatest(CheckpointLoader):
                 f"{self.found} is at epoch {engine.state.epoch}, past max_epochs={max_epochs}: pass a larger "
                 "--max_epochs to continue this run, or --resume false to start over"
             ) from None
+
+
+def start_from_weights(
+    network: MedSynUNet, weights: str | Path, stage: str, text_model: str | None = None
+) -> MedSynUNet:
+    """Fill a freshly built network with exported weights (``NAME.pt`` + ``NAME.json``), to fine-tune or continue
+    from them in a new run; ``weights=""`` returns the network untouched (training from scratch).
+
+    This runs before the EMA copy is made, so the average starts from the same weights. A checkpoint found by
+    :class:`ResumeFromLatest` is loaded afterwards and replaces them: rerunning a fine-tune command resumes it.
+
+    Args:
+        network: the network built from the config's ``preset`` and ``network_overrides``.
+        weights: path of the exported weights, or "".
+        stage: the config's stage; the weights must be of it.
+        text_model: the config's text encoder name, checked against the one the weights were trained with.
+
+    Raises:
+        WeightsNotFoundError, ValueError: one line naming the file and what differs (stage, network layout, text).
+    """
+    if not weights:
+        return network
+    hint = "init_weights takes a .pt written by the training config's export (with its .json), or '' to start afresh"
+    info = read_description(weights, stage, hint)
+    config = json.loads(json.dumps(network.config))  # tuples as the description's lists
+    differ = sorted(k for k in config.keys() | info["network"].keys() if config.get(k) != info["network"].get(k))
+    if differ:
+        raise ValueError(
+            f"{weights} holds a different network ({', '.join(differ)} differ): set preset and network_overrides "
+            f"to its description {description_path(weights).name}"
+        )
+    trained_with = info.get("text_encoder")
+    if text_model is not None and trained_with is not None and trained_with != text_model:
+        raise ValueError(f"{weights} was trained with text_model {trained_with!r}, this config uses {text_model!r}")
+    load_state(network, weights, "the network of this config")
+    logger.info(f"starting from the weights of {weights} (iteration {info.get('iteration', '?')} of their run)")
+    return network

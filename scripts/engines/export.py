@@ -22,7 +22,7 @@ from ignite.engine import Engine, Events
 
 from scripts.engines.checkpoint import ResumeFromLatest
 from scripts.engines.distributed import is_rank_zero
-from scripts.networks.weights import description_path, save_network
+from scripts.networks.weights import description_path, read_description, save_network
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class ExportEMA:
     Args:
         ema: the ``EMAHandler`` (its ``model`` is exported).
         output_dir, stage, preset, text_encoder, text_encoder_info, data: as in :func:`export_weights`.
+        started_from: the ``init_weights`` the run started from, or "": recorded as ``started_from`` (file name and
+            the iterations behind it), so a fine-tuned export tells how much training it holds in all.
     """
 
     def __init__(
@@ -96,9 +98,18 @@ class ExportEMA:
         text_encoder: str | None = None,
         text_encoder_info: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
+        started_from: str | os.PathLike = "",
     ) -> None:
         self.ema, self.output_dir, self.stage, self.preset = ema, output_dir, stage, preset
         self.text_encoder, self.text_encoder_info, self.data = text_encoder, text_encoder_info, data
+        self.provenance = {"ema_decay": ema.decay, "ema_start_iteration": ema.start_iteration}
+        if started_from:
+            earlier = read_description(started_from)
+            self.provenance["started_from"] = {
+                "weights": Path(started_from).name,
+                "iteration": earlier.get("iteration"),
+                **({"started_from": earlier["started_from"]} if "started_from" in earlier else {}),
+            }
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -115,7 +126,7 @@ class ExportEMA:
             self.text_encoder,
             self.text_encoder_info,
             self.data,
-            {"ema_decay": self.ema.decay, "ema_start_iteration": self.ema.start_iteration},
+            self.provenance,
         )
 
 
