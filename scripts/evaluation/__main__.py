@@ -1,4 +1,4 @@
-"""Command line: ``python -m scripts.evaluation {run,measure,agreement} ...`` (``--help`` on each).
+"""Command line: ``python -m scripts.evaluation {run,measure,agreement,text_use} ...`` (``--help`` on each).
 
 ``run`` is what ``python -m monai.bundle run evaluate --config_file configs/evaluate.json`` calls.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from scripts.data.io import write_json
 from scripts.evaluation.anatomy_measures import BACKENDS, MEASURES, get_backend, measure_ct
 from scripts.evaluation.run import DEFAULT_PARTS, PARTS, run_evaluation
 
@@ -66,6 +68,27 @@ def _agreement(args: argparse.Namespace) -> None:
     print(agreement_markdown(result))
 
 
+def _text_use(args: argparse.Namespace) -> None:
+    from scripts.evaluation.adherence import load_pairs
+    from scripts.evaluation.text_use import text_use_markdown, text_use_study
+
+    if args.json and Path(args.json).exists() and not args.overwrite:  # before minutes of forward passes
+        raise FileExistsError(f"{args.json} already exists; pass --overwrite to replace it")
+    results = text_use_study(
+        args.weights,
+        load_pairs(args.prompt_pairs),
+        args.num,
+        args.size,
+        args.seed,
+        noises=args.noises,
+        text_encoder=args.text_encoder,
+        device=args.device,
+    )
+    print(text_use_markdown(results))
+    if args.json:
+        write_json(args.json, {"weights": args.weights, "results": results}, overwrite=args.overwrite)
+
+
 TOTALSEG_PYTHON_HELP = (
     "python of a separate TotalSegmentator environment (backend totalsegmentator; default $MEDSYN_TOTALSEG_PYTHON, "
     "else TotalSegmentator in this environment)"
@@ -120,6 +143,19 @@ def main(argv: list[str] | None = None) -> None:
     agree.add_argument("--backend", default="classical", choices=sorted(BACKENDS))
     agree.add_argument("--quiet", action="store_true")
     agree.set_defaults(func=_agreement)
+
+    use = sub.add_parser("text_use", help="does a stage-1 network use the report? loss with finding vs negation")
+    use.add_argument("--weights", default="models/lowres_small.pt", help="stage-1 weights (.pt beside its .json)")
+    use.add_argument("--prompt_pairs", default="configs/adherence_pairs_phantom.json")
+    use.add_argument("--num", type=int, default=6, help="phantom cases per pair")
+    use.add_argument("--size", type=int, default=128, help="phantom edge length (resampled to the weights' grid)")
+    use.add_argument("--seed", type=int, default=77)
+    use.add_argument("--noises", type=int, default=2, help="noise draws per diffusion time")
+    use.add_argument("--text_encoder", help="default: the one the weights were trained with")
+    use.add_argument("--device", default="cpu")
+    use.add_argument("--json", help="also write the results here")
+    use.add_argument("--overwrite", action="store_true")
+    use.set_defaults(func=_text_use)
 
     args = parser.parse_args(argv)
     try:

@@ -59,6 +59,8 @@ class PromptPair:
         negation: the same prompt with the finding negated.
         measure: key of :data:`scripts.evaluation.anatomy_measures.MEASURES` compared between the groups.
         alternative: ``greater`` (default) tests finding > negation, ``less`` tests finding < negation.
+        phantom_findings: optional phantom finding spec of cases that have the finding (e.g.
+            ``"effusion:bilateral:large"``), for the text-use probe (:mod:`scripts.evaluation.text_use`).
     """
 
     name: str
@@ -66,6 +68,7 @@ class PromptPair:
     negation: str
     measure: str
     alternative: str = "greater"
+    phantom_findings: str | None = None
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:
@@ -87,7 +90,9 @@ def load_pairs(source: str | Path | Sequence[dict] | None = None) -> list[Prompt
     try:
         return [PromptPair(**item) for item in items]
     except TypeError as err:
-        raise ValueError(f"bad prompt pair ({err}); keys are name, finding, negation, measure, alternative") from None
+        raise ValueError(
+            f"bad prompt pair ({err}); keys are name, finding, negation, measure, alternative, phantom_findings"
+        ) from None
 
 
 def one_tailed_ttest(
