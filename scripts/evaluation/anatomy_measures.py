@@ -44,6 +44,7 @@ FLUID_RIM_HU = 35.0  # a median below this on the fluid's one-voxel rim: fluid n
 MIN_EFFUSION_ML = 10.0
 HEART_LUNG_REACH_MM = 25.0  # the heart lies against the lungs (mediastinal pleura)
 HEART_OPENING_MM = 6.0
+DOME_COLUMN_FRACTION = 0.25  # of the thorax's height: shorter columns say nothing about the diaphragm
 LAA_HU = -950.0
 
 # measure key -> (unit, mask group it needs)
@@ -215,11 +216,17 @@ def between_along_x(mask: np.ndarray) -> np.ndarray:
 def dome_top(thorax: np.ndarray, lungs: np.ndarray) -> int:
     """Axial index of the top of the right hemidiaphragm: the highest lowest-thorax voxel over the columns lateral
     to the right lung's centre (free of the heart), from a median-smoothed map of those lowest voxels. Above it no
-    abdomen lies inside the thoracic cavity (the left dome sits lower)."""
+    abdomen lies inside the thoracic cavity (the left dome sits lower).
+
+    Only columns holding at least ``DOME_COLUMN_FRACTION`` of the thorax's height count: a column over the dome runs
+    from the diaphragm up through the lung, while one that holds only a few voxels high up (soft tissue of fluid
+    density beside the apex, read as effusion) would put the "dome" near the top and cut the whole heart away."""
     centre = int(np.ceil(np.argwhere(lungs == 2)[:, 0].mean()))
     columns = thorax.copy()
     columns[:centre] = False
-    present = columns.any(axis=2)
+    levels = np.flatnonzero(thorax.any(axis=(0, 1)))
+    height = columns.sum(axis=2)
+    present = height >= min(DOME_COLUMN_FRACTION * (levels[-1] - levels[0] + 1), height.max())
     lowest = np.where(present, np.argmax(columns, axis=2), -1)
     # a 3×3 median over columns and the rim dropped: single columns where a thin recess was missed do not count
     smooth = ndi.median_filter(lowest, size=3, mode="nearest")
