@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from scripts.data.io import OutputExistsError
 from scripts.inference.segmentation import JointSegmentationNetwork
@@ -60,6 +61,15 @@ def test_archive_is_reproducible_and_not_overwritten_silently(archive, tmp_path)
         packer.write_bundle_zip(REPO, tmp_path)
     with zipfile.ZipFile(path) as zf:
         assert {info.date_time for info in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+
+
+def test_shipped_model_pt_is_the_shipped_demo_weights():
+    """models/model.pt (segmentation entry) must be rewritten whenever a demo stage is retrained."""
+    models = REPO / "models"
+    expected = JointSegmentationNetwork.from_descriptions(models / DEMO_WEIGHTS[0], models / DEMO_WEIGHTS[1], load=True)
+    shipped = torch.load(models / "model.pt", weights_only=True)
+    stale = [key for key, value in expected.state_dict().items() if not torch.equal(shipped[key], value)]
+    assert not stale, f"models/model.pt is stale in {len(stale)} tensors: rewrite it (models/README.md)"
 
 
 @pytest.mark.slow
