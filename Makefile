@@ -19,7 +19,10 @@ $(STAMP): requirements.txt
 
 # The main job on the shipped demo weights: the default report → a 256³ synthetic CT with lobe / airway / vessel
 # maps and its PNG. Stage 2 takes 3 DDIM steps on the whole volume here (CPU time); the config's default is 20.
+# glibc.malloc.hugetlb=1 backs the large tensor buffers with transparent huge pages where the kernel's THP mode is
+# madvise: the 256³ forward pass then spends half the time (docs/README.md, "Speed and memory on CPU").
 demo: $(STAMP)
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1$${GLIBC_TUNABLES:+:$$GLIBC_TUNABLES} \
 	$(PY) -m monai.bundle run inference --config_file configs/inference.json --output_dir $(DEMO_OUT) \
 		--steps_sr 3 --sr_tile null --overwrite true
 
