@@ -35,6 +35,24 @@ def _suffixes(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
 
 
+OVERWRITE_FIX = "pass overwrite=True (CLI: --overwrite) to replace it"
+
+
+def refuse_existing(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], overwrite: bool = False, fix: str = OVERWRITE_FIX
+) -> None:
+    """Raise :class:`OutputExistsError` naming the first of ``paths`` that exists, unless ``overwrite``.
+
+    Call it before the work that makes the outputs (minutes of sampling, a forward pass), so a refused run costs
+    nothing; ``fix`` is the second half of the message (how to go on).
+    """
+    if overwrite:
+        return
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        if Path(path).exists():
+            raise OutputExistsError(f"{path} already exists; {fix}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error remove it.
@@ -45,8 +63,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             before anything is written.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{_suffixes(path)}", dir=path.parent)
     os.close(fd)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from scripts.data.io import write_json
+from scripts.data.io import refuse_existing, write_json
 from scripts.evaluation.anatomy_measures import BACKENDS, MEASURES, get_backend, measure_ct
 from scripts.evaluation.run import DEFAULT_PARTS, PARTS, run_evaluation
 
@@ -72,8 +71,8 @@ def _text_use(args: argparse.Namespace) -> None:
     from scripts.evaluation.adherence import load_pairs
     from scripts.evaluation.text_use import text_use_markdown, text_use_study
 
-    if args.json and Path(args.json).exists() and not args.overwrite:  # before minutes of forward passes
-        raise FileExistsError(f"{args.json} already exists; pass --overwrite to replace it")
+    if args.json:  # before minutes of forward passes
+        refuse_existing(args.json, args.overwrite, "pass --overwrite to replace it")
     results = text_use_study(
         args.weights,
         load_pairs(args.prompt_pairs),

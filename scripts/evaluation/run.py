@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from scripts.data.io import read_nifti
+from scripts.data.io import read_nifti, refuse_existing
 from scripts.evaluation import (
     adherence,
     agreement,
@@ -129,9 +129,7 @@ def run_evaluation(
     if unknown:
         raise ValueError(f"unknown parts {unknown}; expected some of {PARTS}")
     output_dir = Path(output_dir)
-    for name in ("report.md", "report.json"):
-        if (output_dir / name).exists() and not overwrite:
-            raise FileExistsError(f"{output_dir / name} already exists; pass overwrite=True (CLI: --overwrite)")
+    refuse_existing([output_dir / name for name in ("report.md", "report.json")], overwrite)
     streamed = [p for p in parts if p in ("measures", "fid", "fid_2p5d", "memorisation")]
     for part in streamed:
         _require(synthetic_dir, "synthetic_dir", part)

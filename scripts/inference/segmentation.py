@@ -43,7 +43,7 @@ from scripts.conventions import (
     decode_lobe,
 )
 from scripts.data.datalist import IMAGE_KEY
-from scripts.data.io import OutputExistsError, atomic_path
+from scripts.data.io import OutputExistsError, atomic_path, refuse_existing
 from scripts.data.transforms import build_channel_preprocessing
 from scripts.inference.pipeline import MedSynPipeline
 from scripts.inference.workflow import WEIGHTS_HINT, _as_bool, _as_tile, exit_in_one_line, model_grid
@@ -321,8 +321,7 @@ def export_weights(
         overwrite: replace an existing ``out``.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+    refuse_existing(out, overwrite, "pass --overwrite to replace it")
     network = JointSegmentationNetwork.from_descriptions(lowres_weights, sr_weights, load=True)
     state = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
     with atomic_path(out, overwrite=overwrite) as tmp:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from scripts.conventions import LOWRES_FACTOR
-from scripts.data.io import OutputExistsError, atomic_path
+from scripts.data.io import OutputExistsError, atomic_path, refuse_existing
 from scripts.networks.unet import MedSynUNet
 from scripts.networks.weights import WeightsNotFoundError, load_network
 
@@ -159,8 +159,7 @@ def export_weights(
         raise ValueError(f"unknown export format {format!r}; valid formats: {list(FORMATS)}")
     if (format == "exported_program") != (out.suffix == ".pt2"):
         raise ValueError(f"{out}: name exported_program files *.pt2 and TorchScript files otherwise (e.g. *.ts)")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    refuse_existing(out, overwrite)
     network, info = load_network(weights, hint="pass --weights NAME.pt with NAME.json beside it")
     meta = Path(meta_file).read_text() if meta_file is not None and Path(meta_file).is_file() else "{}"
     extra_files = {"metadata.json": meta, DESCRIPTION_FILE: json.dumps(info)}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from scripts.data.io import OutputExistsError, atomic_path, write_json
+from scripts.data.io import atomic_path, refuse_existing, write_json
 from scripts.networks.presets import STAGES
 from scripts.networks.unet import MedSynUNet
 
@@ -51,9 +51,7 @@ def save_network(
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     path = Path(path)
-    taken = [p for p in (path, description_path(path)) if p.exists()]
-    if taken and not overwrite:  # checked for both files before writing either
-        raise OutputExistsError(f"{taken[0]} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    refuse_existing((path, description_path(path)), overwrite)  # checked for both files before writing either
     info = {"stage": stage, "network": dict(network_config), **description}  # JSON writes tuples as lists
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     with atomic_path(path, overwrite=True) as tmp:
