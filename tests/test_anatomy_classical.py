@@ -115,6 +115,20 @@ def test_effusion_is_left_out_and_enclosed_consolidation_kept():
     assert dice(found == 2, lungs == 2) > 0.9
 
 
+def test_lungs_joined_across_the_midline_are_split_on_every_slice():
+    """Two lungs joined in front by a band of air whose thinnest column alternates between two x positions from one
+    slice to the next (as on a generated volume): cuts at different x on adjacent slices must not leave a
+    staircase through which the halves stay one component (both lungs were then named the right lung)."""
+    ct, sp, lungs, *_ = toy_chest()
+    n = ct.shape[0]
+    x, y, z = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for s in sp], indexing="ij")
+    band = (np.abs(x) < 14) & (y > 20) & (y < 26) & (np.abs(z + 10) < 50)
+    thin = (np.abs(x - np.where(np.arange(n) % 2 == 0, -6.25, 6.25)[None, None, :]) < 1.3) & (y > 23)
+    ct[band & ~thin] = -855
+    found = classical.segment_lungs(ct, sp)
+    assert dice(found == 1, lungs == 1) > 0.9 and dice(found == 2, lungs == 2) > 0.9
+
+
 def test_symmetric_eigenvalues_match_numpy():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(200, 3, 3))

@@ -100,9 +100,10 @@ def test_widths_on_known_shapes():
     assert np.isnan(am.widths(np.zeros_like(heart), thorax, (1, 1, 1))["cardiothoracic_ratio"])
 
 
-def test_dome_top_ignores_short_columns_high_up():
-    """Fluid-density tissue beside the apex, read as effusion, adds thorax columns only a few voxels high near the
-    top: they are not the diaphragm, and taking them for it would cut the whole heart away."""
+def test_dome_top_reads_only_columns_over_the_right_lung():
+    """Fluid-density tissue beside the apex or down the chest wall, read as effusion, adds thorax columns that are
+    not over the diaphragm (a few voxels high near the top, or tall but without lung): taking them for it would cut
+    the heart away."""
     lungs = np.zeros((40, 30, 64), np.uint8)
     lungs[5:18, 5:25, 10:55] = 1
     lungs[22:35, 5:25, 12:55] = 2  # the right lung's lowest voxel: 12 in every column
@@ -110,6 +111,11 @@ def test_dome_top_ignores_short_columns_high_up():
     assert am.dome_top(thorax, lungs) == 12
     thorax[30:36, 25:29, 58:62] = True  # 6 × 4 columns, 4 voxels high, outside the lung's footprint
     assert am.dome_top(thorax, lungs) == 12
+    # fluid-density chest wall read as effusion down the lateral wall: tall columns, but no lung in them
+    thorax[35:39, 5:25, 30:55] = True
+    assert am.dome_top(thorax, lungs) == 12
+    thorax[22:35, 5:25, 6:12] = True  # fluid under the lung (a real effusion in the recess) sets the dome
+    assert am.dome_top(thorax, lungs) == 6
 
 
 def test_only_asked_measures_are_made_and_names_are_checked(cases, monkeypatch):

@@ -8,8 +8,9 @@ Methods and their limits (stated in docs/data_preparation.md as well):
 - body: HU > -500, the largest 3D connected component, holes filled slice by slice (axial), so the lungs and
   airways are inside it. Objects touching the body (a cushion) stay; a separate table is dropped.
 - lungs: air-like voxels (HU < -300 after light smoothing) inside the body, minus the trachea and main bronchi,
-  kept when they form a large component; the two lungs are split along the thinnest column near the midline when
-  they touch, named by their side, then filled: holes in every axial slice and concavities up to
+  kept when they form a large component; the two lungs are split along the thinnest column near the midline of
+  each axial slice when they touch (each cut widened to its neighbouring slices' cuts, so cuts at different x leave
+  no staircase joining the halves), named by their side, then filled: holes in every axial slice and concavities up to
   ``LUNG_CLOSING_MM`` are added, so vessels, nodules and consolidation *surrounded by aerated lung* are included;
   the airway lumen is removed (it has its own mask). A pleural effusion (fluid, ~15 HU) lies against the chest
   wall, not inside aerated lung: it stays out. Consolidation that reaches the chest wall over a large area cannot
@@ -306,17 +307,22 @@ def segment_airway(ct_hu: np.ndarray, spacing: Sequence[float], lungs: np.ndarra
 
 # --- lungs -----------------------------------------------------------------------------------------------------
 def _split_merged(lung: np.ndarray, centre_x: float) -> np.ndarray:
-    """Cut one component holding both lungs along the thinnest column near the midline of every axial slice."""
+    """Cut one component holding both lungs along the thinnest column near the midline of every axial slice.
+
+    Each slice's cut also spans the x range up to its neighbouring slices' cuts: cuts at different x on adjacent
+    slices would otherwise leave a staircase through which the halves stay connected across slices."""
     out = lung.copy()
     half = max(3, int(0.12 * lung.shape[0]))
     lo, hi = max(int(centre_x) - half, 0), min(int(centre_x) + half + 1, lung.shape[0])
+    cuts: dict[int, int] = {}
     for z in range(lung.shape[2]):
         plane = lung[:, :, z]
-        if not plane[lo:hi].any():
-            continue
-        counts = plane[lo:hi].sum(axis=1)
-        x = lo + int(np.argmin(counts + 1e-3 * np.abs(np.arange(lo, hi) - centre_x)))
-        out[max(x - 1, 0) : x + 2, :, z] = False
+        if plane[lo:hi].any():
+            counts = plane[lo:hi].sum(axis=1)
+            cuts[z] = lo + int(np.argmin(counts + 1e-3 * np.abs(np.arange(lo, hi) - centre_x)))
+    for z, x in cuts.items():
+        near = [cuts.get(n, x) for n in (z - 1, z, z + 1)]
+        out[max(min(near) - 1, 0) : max(near) + 2, :, z] = False
     return out
 
 

@@ -11,9 +11,9 @@ Backends (a registry: a new one is one decorated class):
   Gaussian would smear them into the lung, and ``FLUID_RAW_HU`` on the raw CT) outside the lungs, in components
   that touch a lung and are at least ``MIN_EFFUSION_ML``, plus their one-voxel rim where the median is below
   ``FLUID_RIM_HU``; the side is that of the midline between the lungs. Heart: soft-tissue voxels (``HEART_HU``) outside
-  the lungs and within ``HEART_LUNG_REACH_MM`` of them, opened by ``HEART_OPENING_MM`` to cut thin bridges to the
-  chest wall, great vessels and diaphragm, then the largest component lying between the lungs that does not
-  reach the lowest slice (the abdomen does).
+  the lungs and fluid, between the thorax's walls on their row and above the top of the right hemidiaphragm (:func:`dome_top`;
+  below it the abdomen touches the heart), opened by ``HEART_OPENING_MM`` to cut thin bridges to the chest wall and
+  great vessels, then the largest component whose centre lies between the lungs' centres, its rim given back.
 - ``totalsegmentator`` — TotalSegmentator's ``total`` (lungs per side from the five lobe classes, heart),
   ``lung_vessels`` (airway = ``lung_trachea_bronchia``) and ``pleural_pericard_effusion`` (``pleural_effusion``,
   sided by the midline between the lungs) tasks, run through :mod:`scripts.anatomy.totalseg_backend` (the one
@@ -42,7 +42,6 @@ HEART_HU = (28.0, 110.0)  # blood and myocardium without contrast
 FLUID_RAW_HU = (-10.0, 40.0)  # the voxel itself must be fluid-like too (15 ± 7 HU noise): keeps thin fat rims out
 FLUID_RIM_HU = 35.0  # a median below this on the fluid's one-voxel rim: fluid next to muscle or heart
 MIN_EFFUSION_ML = 10.0
-HEART_LUNG_REACH_MM = 25.0  # the heart lies against the lungs (mediastinal pleura)
 HEART_OPENING_MM = 6.0
 DOME_COLUMN_FRACTION = 0.25  # of the thorax's height: shorter columns say nothing about the diaphragm
 LAA_HU = -950.0
@@ -218,14 +217,18 @@ def dome_top(thorax: np.ndarray, lungs: np.ndarray) -> int:
     to the right lung's centre (free of the heart), from a median-smoothed map of those lowest voxels. Above it no
     abdomen lies inside the thoracic cavity (the left dome sits lower).
 
-    Only columns holding at least ``DOME_COLUMN_FRACTION`` of the thorax's height count: a column over the dome runs
-    from the diaphragm up through the lung, while one that holds only a few voxels high up (soft tissue of fluid
-    density beside the apex, read as effusion) would put the "dome" near the top and cut the whole heart away."""
-    centre = int(np.ceil(np.argwhere(lungs == 2)[:, 0].mean()))
+    Only columns holding at least ``DOME_COLUMN_FRACTION`` of the thorax's height *of right lung* count: a column over
+    the dome runs from the diaphragm up through the lung. Columns of fluid-density tissue alone (read as effusion in
+    a generated chest wall, beside the apex or down the lateral wall, ending anywhere) say nothing about the
+    diaphragm, and taking one for it would cut the heart away. Fluid under the lung (a real effusion in the
+    costophrenic recess) still sets its column's lowest voxel."""
+    right = lungs == 2
+    centre = int(np.ceil(np.argwhere(right)[:, 0].mean()))
     columns = thorax.copy()
     columns[:centre] = False
     levels = np.flatnonzero(thorax.any(axis=(0, 1)))
-    height = columns.sum(axis=2)
+    height = right[centre:].sum(axis=2)
+    height = np.concatenate([np.zeros((centre,) + height.shape[1:], height.dtype), height])
     present = height >= min(DOME_COLUMN_FRACTION * (levels[-1] - levels[0] + 1), height.max())
     lowest = np.where(present, np.argmax(columns, axis=2), -1)
     # a 3×3 median over columns and the rim dropped: single columns where a thin recess was missed do not count
