@@ -107,17 +107,17 @@ def test_study_counts_unmeasurable_volumes_and_tests_the_rest(tmp_path):
 def test_folder_generator_groups_volumes_by_sidecar_prompt(tmp_path):
     from scripts.data.io import ras_affine, write_json, write_nifti
 
-    for i, prompt in enumerate(["no effusion", "no effusion", "large  effusion"]):
-        affine = ras_affine((2, 2, 3), (8, 8, 8))
-        write_nifti(tmp_path / f"s{i}.nii.gz", np.full((8, 8, 8), i, np.int16), affine, "int16")
-        write_json(tmp_path / f"s{i}.json", {"prompt": prompt, "seed": i})
+    affine = ras_affine((2, 2, 3), (8, 8, 8))
+    for seed, prompt in [(10, "no effusion"), (2, "no effusion"), (0, "large  effusion"), (1, "no effusion")]:
+        write_nifti(tmp_path / f"seed{seed}.nii.gz", np.full((8, 8, 8), seed, np.int16), affine, "int16")
+        write_json(tmp_path / f"seed{seed}.json", {"prompt": prompt, "seed": seed})
     generate = adherence.folder_generator(tmp_path)
     volumes = generate("no effusion", 2, 0)
-    assert [float(v.mean()) for v, _ in volumes] == [0.0, 1.0]
+    assert [float(v.mean()) for v, _ in volumes] == [1.0, 2.0]  # the lowest seeds, not seed10 before seed2
     assert volumes[0][1] == pytest.approx((2, 2, 3))
     assert len(generate("large effusion", 1, 0)) == 1  # whitespace-insensitive
-    with pytest.raises(ValueError, match="2 volumes"):
-        generate("no effusion", 3, 0)
+    with pytest.raises(ValueError, match="3 volumes"):
+        generate("no effusion", 4, 0)
     with pytest.raises(KeyError, match="no volumes"):
         generate("cardiomegaly", 1, 0)
 

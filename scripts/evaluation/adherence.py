@@ -177,11 +177,12 @@ def folder_generator(folder: str | Path) -> Generator:
 
     The CT of a sidecar is its ``"image"`` (path relative to the sidecar), else ``"files"["ct"]`` (the inference
     writer's sidecar), else ``<stem>_ct.nii.gz`` or ``<stem>.nii.gz`` beside it. The callable returns the first
-    ``num`` volumes for the prompt (sorted by file name) and ignores ``seed``; an unknown prompt or too few volumes
-    raise a one-line error. Prompts match with whitespace normalised.
+    ``num`` volumes for the prompt in the order of their sidecar's integer ``"seed"`` (those without one last), then
+    of file name, so ``num`` takes the lowest seeds (file names alone put ``seed10`` before ``seed2``); it ignores
+    ``seed``. An unknown prompt or too few volumes raise a one-line error. Prompts match with whitespace normalised.
     """
     folder = Path(folder)
-    by_prompt: dict[str, list[Path]] = {}
+    by_prompt: dict[str, list[tuple[float, str, Path]]] = {}
     for sidecar in sorted(folder.rglob("*.json")):
         meta = json.loads(sidecar.read_text())
         if not isinstance(meta, dict) or not meta.get("prompt"):
@@ -192,12 +193,14 @@ def folder_generator(folder: str | Path) -> Generator:
         image = next((sidecar.parent / c for c in candidates if (sidecar.parent / c).is_file()), None)
         if image is None:
             raise FileNotFoundError(f"{sidecar}: no CT file ({' or '.join(candidates)}) beside it")
-        by_prompt.setdefault(" ".join(str(meta["prompt"]).split()), []).append(image)
+        seed = meta.get("seed")
+        order = float(seed) if isinstance(seed, int) and not isinstance(seed, bool) else math.inf
+        by_prompt.setdefault(" ".join(str(meta["prompt"]).split()), []).append((order, sidecar.name, image))
     if not by_prompt:
         raise FileNotFoundError(f"{folder}: no JSON sidecars with a 'prompt' key")
 
     def generate(prompt: str, num: int, seed: int) -> list[Volume]:
-        paths = by_prompt.get(" ".join(prompt.split()))
+        paths = [image for *_, image in sorted(by_prompt.get(" ".join(prompt.split()), []))]
         if not paths:
             raise KeyError(f"{folder}: no volumes generated for the prompt {prompt!r}")
         if len(paths) < num:
