@@ -45,6 +45,19 @@ def _slices(volume: np.ndarray, index: tuple[int, int, int]) -> list[np.ndarray]
     return [axial, coronal, sagittal]
 
 
+def default_index(shape: tuple[int, int, int], lobe: np.ndarray | None = None) -> tuple[int, int, int]:
+    """Slice indices (x, y, z) shown by default: the centre of the volume, but with the sagittal slice through the
+    right lung's centre when a lobe map has one (labels 3-5): the midline sagittal shows spine and mediastinum
+    only, while the right lung's shows its three lobes and both fissures."""
+    index = [s // 2 for s in shape]
+    if lobe is not None:
+        right_x = np.flatnonzero((np.asarray(lobe) >= 3).any(axis=(1, 2)))
+        if right_x.size:
+            weights = (np.asarray(lobe)[right_x] >= 3).sum(axis=(1, 2))
+            index[0] = int(round(float(np.average(right_x, weights=weights))))
+    return index[0], index[1], index[2]
+
+
 def montage(
     ct_hu: np.ndarray,
     masks: Mapping[str, np.ndarray] | None = None,
@@ -58,7 +71,7 @@ def montage(
         ct_hu: (X, Y, Z) CT in HU, RAS.
         masks: optional label maps of the same shape, keyed ``lobe`` (0..5), ``airway``, ``vessel`` (0/1).
         spacing: voxel size in mm, for correct aspect ratios.
-        index: slice indices (x, y, z); default the centre of the volume.
+        index: slice indices (x, y, z); default :func:`default_index` (the centre, sagittal through the right lung).
         title: figure title (e.g. the prompt, shortened).
     """
     ct_hu = np.asarray(ct_hu, dtype=np.float32)
@@ -68,7 +81,7 @@ def montage(
     for name, mask in masks.items():
         if np.shape(mask) != ct_hu.shape:
             raise ValueError(f"mask {name!r} has shape {np.shape(mask)}, the CT {ct_hu.shape}")
-    index = index or tuple(s // 2 for s in ct_hu.shape)
+    index = index or default_index(ct_hu.shape, masks.get("lobe"))
     sx, sy, sz = spacing
     aspects = [sy / sx, sz / sx, sz / sy]
     rows = 2 if masks else 1

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.visualization import _slices, montage_array, save_montage
+from scripts.visualization import _slices, default_index, montage_array, save_montage
 
 
 def test_axial_slice_shows_patient_right_on_image_left_and_anterior_up():
@@ -31,3 +31,13 @@ def test_png_has_overlays_and_is_written_once(tmp_path):
         save_montage(path, ct)
     with pytest.raises(ValueError, match="shape"):
         montage_array(ct, masks={"lobe": lobe[:8]})
+
+
+def test_default_sagittal_slice_goes_through_the_right_lung():
+    lobe = np.zeros((20, 10, 12), dtype=np.uint8)
+    lobe[2:6] = 1  # left lung (−x)
+    lobe[12:15, :, 6:] = 3  # right upper lobe, x 12-14
+    lobe[14:17, :, :6] = 5  # right lower lobe, x 14-16
+    assert default_index(lobe.shape, lobe) == (14, 5, 6)
+    assert default_index(lobe.shape) == (10, 5, 6)  # no lobe map: the centre
+    assert default_index(lobe.shape, np.where(lobe >= 3, 0, lobe)) == (10, 5, 6)  # no right lung: the centre
