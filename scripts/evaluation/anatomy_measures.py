@@ -224,11 +224,10 @@ def dome_top(thorax: np.ndarray, lungs: np.ndarray) -> int:
     costophrenic recess) still sets its column's lowest voxel."""
     right = lungs == 2
     centre = int(np.ceil(np.argwhere(right)[:, 0].mean()))
-    columns = thorax.copy()
-    columns[:centre] = False
+    columns, right = thorax.copy(), right.copy()
+    columns[:centre] = right[:centre] = False
     levels = np.flatnonzero(thorax.any(axis=(0, 1)))
-    height = right[centre:].sum(axis=2)
-    height = np.concatenate([np.zeros((centre,) + height.shape[1:], height.dtype), height])
+    height = right.sum(axis=2)
     present = height >= min(DOME_COLUMN_FRACTION * (levels[-1] - levels[0] + 1), height.max())
     lowest = np.where(present, np.argmax(columns, axis=2), -1)
     # a 3×3 median over columns and the rim dropped: single columns where a thin recess was missed do not count
