@@ -34,6 +34,7 @@ LOBE_LABELS = {
     5: "right lower lobe",
 }
 NUM_LOBES = len(LOBE_LABELS)
+LEFT_LUNG, RIGHT_LUNG = 1, 2  # lung sides, as the lobe map names them: lobes 1-2 left, 3-5 right
 
 # --- one label map per CT (Auto3DSeg datasets, the segmentation entry for MONAI Label) ----------------------------
 # Lobes keep 1..5; airway then vessel are painted over them, so where masks overlap the vessel label wins.
@@ -88,6 +89,13 @@ def decode_lobe(x: Array) -> Array:
     """[-1, 1] → lobe labels 0..5 (uint8) by rounding to the nearest label."""
     label = _clip((x + 1.0) / 2.0 * NUM_LOBES, 0, NUM_LOBES).round()
     return label.astype(np.uint8) if isinstance(label, np.ndarray) else label.to(torch.uint8)
+
+
+def lung_sides(lobe: Array) -> Array:
+    """Lobe labels 0..5 → lung sides (uint8): 0 background, ``LEFT_LUNG`` for lobes 1-2, ``RIGHT_LUNG`` for 3-5."""
+    if isinstance(lobe, np.ndarray):
+        return np.where(lobe == 0, 0, np.where(lobe <= 2, LEFT_LUNG, RIGHT_LUNG)).astype(np.uint8)
+    return torch.where(lobe == 0, 0, torch.where(lobe <= 2, LEFT_LUNG, RIGHT_LUNG)).to(torch.uint8)
 
 
 def encode_binary(mask: Array) -> Array:

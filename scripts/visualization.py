@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from scripts.conventions import LOBE_LABELS  # noqa: E402
+from scripts.conventions import LOBE_LABELS, RIGHT_LUNG, lung_sides  # noqa: E402
 from scripts.data.io import atomic_path  # noqa: E402
 
 LUNG_WINDOW = (-1350.0, 150.0)  # HU shown from black to white (level -600, width 1500)
@@ -51,10 +51,9 @@ def default_index(shape: tuple[int, int, int], lobe: np.ndarray | None = None) -
     only, while the right lung's shows its three lobes and both fissures."""
     index = [s // 2 for s in shape]
     if lobe is not None:
-        right_x = np.flatnonzero((np.asarray(lobe) >= 3).any(axis=(1, 2)))
-        if right_x.size:
-            weights = (np.asarray(lobe)[right_x] >= 3).sum(axis=(1, 2))
-            index[0] = int(round(float(np.average(right_x, weights=weights))))
+        per_x = (lung_sides(np.asarray(lobe)) == RIGHT_LUNG).sum(axis=(1, 2))
+        if per_x.any():
+            index[0] = int(round(float(np.average(np.arange(per_x.size), weights=per_x))))
     return index[0], index[1], index[2]
 
 

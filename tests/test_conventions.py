@@ -32,6 +32,13 @@ def test_lobe_encoding_round_trip(kind):
 
 
 @pytest.mark.parametrize("kind", [np.asarray, torch.as_tensor])
+def test_lung_sides_name_lobes_1_2_left_and_3_5_right(kind):
+    sides = cv.lung_sides(kind(np.arange(6, dtype=np.uint8)))
+    assert np.asarray(sides).tolist() == [0, cv.LEFT_LUNG, cv.LEFT_LUNG, cv.RIGHT_LUNG, cv.RIGHT_LUNG, cv.RIGHT_LUNG]
+    assert np.asarray(sides).dtype == np.uint8
+
+
+@pytest.mark.parametrize("kind", [np.asarray, torch.as_tensor])
 def test_binary_encoding_round_trip(kind):
     mask = kind(np.array([0, 1, 0, 3], dtype=np.uint8))
     encoded = cv.encode_binary(mask)

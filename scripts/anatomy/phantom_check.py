@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from scripts.anatomy import classical
+from scripts.conventions import lung_sides
 from scripts.phantom import generate_case
 
 # a mixed set of findings, cycled over the cases (None: the phantom's random default mix)
@@ -39,11 +40,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     total = float(a.sum() + b.sum())
     return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
-
-
-def lung_sides(lobe: np.ndarray) -> np.ndarray:
-    """Lobe map 0..5 → lungs 0/1 (left)/2 (right)."""
-    return np.where(lobe == 0, 0, np.where(lobe <= 2, 1, 2)).astype(np.uint8)
 
 
 def evaluate_case(size: int, seed: int, findings: str | None) -> dict[str, Any]:

@@ -198,9 +198,10 @@ def folder_generator(folder: str | Path) -> Generator:
         by_prompt.setdefault(" ".join(str(meta["prompt"]).split()), []).append((order, sidecar.name, image))
     if not by_prompt:
         raise FileNotFoundError(f"{folder}: no JSON sidecars with a 'prompt' key")
+    ordered = {prompt: [image for *_, image in sorted(found)] for prompt, found in by_prompt.items()}
 
     def generate(prompt: str, num: int, seed: int) -> list[Volume]:
-        paths = [image for *_, image in sorted(by_prompt.get(" ".join(prompt.split()), []))]
+        paths = ordered.get(" ".join(prompt.split()))
         if not paths:
             raise KeyError(f"{folder}: no volumes generated for the prompt {prompt!r}")
         if len(paths) < num:

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from scripts.anatomy import classical, totalseg_backend
+from scripts.conventions import lung_sides
 
 FLUID_HU = (0.0, 25.0)  # pleural fluid ~0-20 HU (median-filtered): below heart and muscle (~40 HU), above fat mixes
 HEART_HU = (28.0, 110.0)  # blood and myocardium without contrast
@@ -224,7 +225,7 @@ def dome_top(thorax: np.ndarray, lungs: np.ndarray) -> int:
     costophrenic recess) still sets its column's lowest voxel."""
     right = lungs == 2
     centre = int(np.ceil(np.argwhere(right)[:, 0].mean()))
-    columns, right = thorax.copy(), right.copy()
+    columns = thorax.copy()
     columns[:centre] = right[:centre] = False
     levels = np.flatnonzero(thorax.any(axis=(0, 1)))
     height = right.sum(axis=2)
@@ -354,7 +355,7 @@ def measure_ct(
     given = dict(masks or {})
     if "lobe" in given and "lungs" not in given:
         lobe = np.asarray(given.pop("lobe"))
-        given["lungs"] = np.where(lobe == 0, 0, np.where(lobe <= 2, 1, 2)).astype(np.uint8)
+        given["lungs"] = lung_sides(lobe)
     for name, mask in given.items():
         if np.shape(mask) != ct.shape:
             raise ValueError(f"mask {name!r} has shape {np.shape(mask)}, the CT {ct.shape}")
