@@ -38,33 +38,89 @@ def test_lung_sides_name_lobes_1_2_left_and_3_5_right(kind):
     assert np.asarray(sides).dtype == np.uint8
 
 
+BOTH = pytest.mark.parametrize("conventions", [cv.MEDSYN_MONAI, cv.MEDSYN_OFFICIAL], ids=lambda c: c.name)
+
+
+@BOTH
 @pytest.mark.parametrize("kind", [np.asarray, torch.as_tensor])
-def test_binary_encoding_round_trip(kind):
+def test_binary_encoding_round_trip(kind, conventions):
     mask = kind(np.array([0, 1, 0, 3], dtype=np.uint8))
-    encoded = cv.encode_binary(mask)
-    assert np.asarray(encoded).tolist() == [-1.0, 1.0, -1.0, 1.0]
-    assert np.asarray(cv.decode_binary(encoded)).tolist() == [0, 1, 0, 1]
+    encoded = conventions.encode("airway", mask)
+    absent, present = conventions.binary_values
+    assert np.asarray(encoded).tolist() == [absent, present, absent, present]
+    assert np.asarray(conventions.decode("vessel", encoded)).tolist() == [0, 1, 0, 1]
+    # the threshold is the midpoint: a prediction just on the present side of it is a vessel
+    middle = conventions.binary_threshold
+    assert np.asarray(conventions.decode("airway", kind(np.array([middle - 0.01, middle + 0.01])))).tolist() == [0, 1]
 
 
-def test_decode_volume_splits_named_channels():
+def test_presets_state_the_official_encoding_and_layout():
+    assert cv.MEDSYN_MONAI.binary_values == (-1.0, 1.0) and cv.MEDSYN_MONAI.axcodes == "IRP"
+    assert cv.MEDSYN_OFFICIAL.binary_values == (0.0, 1.0) and cv.MEDSYN_OFFICIAL.axcodes == "SAL"
+    assert cv.MEDSYN_OFFICIAL.extra_final_evaluation and not cv.MEDSYN_MONAI.extra_final_evaluation
+    # lobes and CT are encoded alike
+    labels = np.arange(6, dtype=np.uint8)
+    np.testing.assert_array_equal(cv.MEDSYN_OFFICIAL.encode("lobe", labels), cv.MEDSYN_MONAI.encode("lobe", labels))
+
+
+@BOTH
+def test_description_form_round_trips_and_old_descriptions_are_this_bundles(conventions):
+    assert cv.get_conventions(conventions.as_dict()) == conventions
+    assert cv.get_conventions(conventions.name) is conventions
+    assert cv.conventions_from_description({"stage": "lowres"}) is cv.MEDSYN_MONAI
+    with pytest.raises(ValueError, match="valid presets"):
+        cv.get_conventions("medsyn-unknown")
+    with pytest.raises(ValueError, match="axcodes"):
+        cv.ModelConventions("bad", "IIP", (0.0, 1.0), False)
+    with pytest.raises(ValueError, match="binary_values"):
+        cv.ModelConventions("bad", "IRP", (1.0, 1.0), False)
+
+
+@BOTH
+def test_decode_volume_splits_named_channels(conventions):
     x = np.stack([np.zeros((2, 2, 2))] * 4).astype(np.float32)
-    out = cv.decode_volume(x)
+    out = conventions.decode_volume(x)
     assert list(out) == list(cv.CHANNELS)
     assert out["lobe"].dtype == np.uint8 and out["ct"].dtype == np.float32
     with pytest.raises(ValueError, match="expected 4 channels"):
-        cv.decode_volume(x[:3])
+        conventions.decode_volume(x[:3])
     with pytest.raises(ValueError, match="unknown channel"):
-        cv.encode_channel("liver", x[0])
+        conventions.encode("liver", x[0])
 
 
+@BOTH
 @pytest.mark.parametrize("kind", [np.asarray, torch.as_tensor])
-def test_network_layout_matches_monai_orientation_and_round_trips(kind):
+def test_network_layout_matches_monai_orientation_and_round_trips(kind, conventions):
     from monai.data import MetaTensor
     from monai.transforms import Orientation
 
     ras = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # (C, X, Y, Z)
-    monai_irp = Orientation(axcodes=cv.NETWORK_AXCODES)(MetaTensor(torch.as_tensor(ras), affine=torch.eye(4)))
-    ours = cv.ras_to_network(kind(ras))
-    np.testing.assert_array_equal(np.asarray(ours), monai_irp.numpy())
-    assert tuple(ours.shape) == (2, 5, 3, 4)
-    np.testing.assert_array_equal(np.asarray(cv.network_to_ras(ours)), ras)
+    oriented = Orientation(axcodes=conventions.axcodes, labels=None)(
+        MetaTensor(torch.as_tensor(ras), affine=torch.eye(4))
+    )
+    ours = conventions.to_network(kind(ras))
+    np.testing.assert_array_equal(np.asarray(ours), oriented.numpy())
+    np.testing.assert_array_equal(np.asarray(conventions.to_ras(ours)), ras)
+    # the RAS affine of a grid given in network layout: MONAI's affine of the oriented image maps back to identity
+    np.testing.assert_allclose(conventions.ras_affine(oriented.affine.numpy(), oriented.shape[1:]), np.eye(4))
+
+
+def test_official_layout_is_the_array_of_a_volume_on_the_las_atlas():
+    """sitk.GetArrayFromImage of an image on the LAS atlas grid indexes (k, j, i): S, A, L, the official layout."""
+    las = np.arange(3 * 4 * 5).reshape(3, 4, 5)  # (i, j, k) of a file whose axes run L, A, S
+    sitk_array = las.transpose(2, 1, 0)  # what GetArrayFromImage returns
+    ras = las[::-1]  # the same volume in RAS order
+    np.testing.assert_array_equal(cv.MEDSYN_OFFICIAL.to_network(ras), sitk_array)
+
+
+def test_atlas_grid_affine_covers_the_atlas_field_of_view():
+    import nibabel as nib
+
+    affine = cv.atlas_grid_affine(256)
+    assert nib.aff2axcodes(affine) == ("R", "A", "S")
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), [316 / 256, 316 / 256, 292 / 256])
+    # the outer voxel edges of the resized grid are those of the atlas (a resize that keeps the edges)
+    atlas = cv.ATLAS_AFFINE
+    atlas_corners = [atlas @ [i, j, k, 1] for i, j, k in ((-0.5, -0.5, -0.5), (315.5, 315.5, 291.5))]
+    ours = [affine @ [i, j, k, 1] for i, j, k in ((-0.5, -0.5, -0.5), (255.5, 255.5, 255.5))]
+    np.testing.assert_allclose(np.sort(np.stack(atlas_corners)[:, :3], 0), np.sort(np.stack(ours)[:, :3], 0), atol=1e-9)

@@ -62,7 +62,7 @@ def write_case(
 
 def expected_ras(arrays: dict) -> np.ndarray:
     """The 4-channel encoding of the arrays, computed with the conventions directly."""
-    return np.stack([cv.encode_channel(name, arrays[key]) for name, key in zip(cv.CHANNELS, arrays)])
+    return np.stack([cv.MEDSYN_MONAI.encode(name, arrays[key]) for name, key in zip(cv.CHANNELS, arrays)])
 
 
 def to_network_layout(volume: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ def test_pipeline_outputs_keys_shapes_ranges_and_lowres(tmp_path):
     assert out["channel_mask"].tolist() == [1.0, 1.0, 1.0, 1.0]
     assert out["report"] == "Findings: clear lungs. Impression: normal."
     # network layout, 2 mm voxels; lowres is the ×4 nearest stride of image with a ×4 spacing
-    assert nib.aff2axcodes(image.affine.numpy()) == tuple(cv.NETWORK_AXCODES)
+    assert nib.aff2axcodes(image.affine.numpy()) == tuple(cv.MEDSYN_MONAI.axcodes)
     np.testing.assert_allclose(np.linalg.norm(image.affine[:3, :3].numpy(), axis=0), 2.0)
     np.testing.assert_array_equal(lowres.numpy(), image.numpy()[:, ::4, ::4, ::4])
     np.testing.assert_allclose(lowres.affine.numpy(), image.affine.numpy() @ np.diag([4.0, 4, 4, 1]))

@@ -216,19 +216,19 @@ def test_pipeline_generator_decodes_the_pipeline_output():
     """The adapter for the inference pipeline: network layout and [-1, 1] in, RAS HU and spacing out."""
     import torch
 
-    from scripts.conventions import encode_channel, ras_to_network
+    from scripts.conventions import MEDSYN_MONAI
     from scripts.inference.pipeline import PipelineOutput
     from scripts.phantom import generate_case
 
     case = generate_case(32, seed=0, findings="normal")
     encoded = np.stack(
-        [encode_channel(n, getattr(case, "ct_hu" if n == "ct" else n)) for n in ("ct", "lobe", "airway", "vessel")]
+        [MEDSYN_MONAI.encode(n, getattr(case, "ct_hu" if n == "ct" else n)) for n in ("ct", "lobe", "airway", "vessel")]
     )
     seeds = []
 
     def pipeline(prompt, seed):
         seeds.append(seed)
-        return PipelineOutput(lowres=torch.as_tensor(ras_to_network(encoded).copy()), volume=None)
+        return PipelineOutput(lowres=torch.as_tensor(MEDSYN_MONAI.to_network(encoded).copy()), volume=None)
 
     volumes = adherence.pipeline_generator(pipeline, spacing=(2.5, 2.5, 2.5))("no effusion", 2, 7)
     assert seeds == [7, 8]

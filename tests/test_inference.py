@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.data import load_decathlon_datalist
 
-from scripts.conventions import ct_to_int16_hu, decode_lobe, lowres_affine, network_to_ras, ras_to_network
+from scripts.conventions import MEDSYN_MONAI, MEDSYN_OFFICIAL, ct_to_int16_hu, decode_lobe
 from scripts.data.io import OutputExistsError, ras_affine, write_nifti
 from scripts.diffusion import downsample_nearest
 from scripts.inference import SlidingWindowNetwork, read_prompts
@@ -106,13 +106,13 @@ def test_fixed_anatomy_and_segmentation_reproduce_the_inputs(runner, weights, tm
 
     (anatomy,) = run.generate(prompt=REPORT, lobe=str(inputs["lobe"]))
     lobe_out = np.asarray(nib.load(str(anatomy["lobe"])).dataobj)
-    np.testing.assert_array_equal(lobe_out, network_to_ras(decode_lobe(fixed["lobe"]).numpy()))
+    np.testing.assert_array_equal(lobe_out, MEDSYN_MONAI.to_ras(decode_lobe(fixed["lobe"]).numpy()))
     assert set(np.unique(lobe_out)) == {0, 1, 3}
     np.testing.assert_allclose(nib.load(str(anatomy["lobe"])).affine, affine)  # the input's world grid
 
     (segmentation,) = run.generate(image=str(inputs["image"]))  # no report: segmentation by the joint model
     ct_out = np.asarray(nib.load(str(segmentation["ct"])).dataobj)
-    np.testing.assert_array_equal(ct_out, network_to_ras(ct_to_int16_hu(fixed["ct"]).numpy()))  # the CT held
+    np.testing.assert_array_equal(ct_out, MEDSYN_MONAI.to_ras(ct_to_int16_hu(fixed["ct"]).numpy()))  # the CT held
     assert json.loads(segmentation["json"].read_text())["prompt"] is None
     assert segmentation["json"].name == "segmentation_seed0.json"
 
@@ -126,22 +126,24 @@ def test_stage_one_alone_writes_the_low_resolution_grid(runner, weights, tmp_pat
     (free,) = run.generate(prompt=REPORT)
     ct = nib.load(str(free["ct"]))
     assert ct.shape == (SIZE // 4,) * 3
-    np.testing.assert_allclose(ct.affine, lowres_affine(ras_affine(SPACING, (SIZE,) * 3)))
+    np.testing.assert_allclose(ct.affine, MEDSYN_MONAI.lowres_affine(ras_affine(SPACING, (SIZE,) * 3)))
     assert json.loads(free["json"].read_text())["steps_sr"] is None
 
     (held,) = runner(tmp_path / "held", sr_weights=None).generate(prompt=REPORT, lobe=str(inputs["lobe"]))
     lobe_out = nib.load(str(held["lobe"]))
-    np.testing.assert_allclose(lobe_out.affine, lowres_affine(full_affine))
+    np.testing.assert_allclose(lobe_out.affine, MEDSYN_MONAI.lowres_affine(full_affine))
     strided = downsample_nearest(fixed["lobe"][None, None])[0, 0]
-    np.testing.assert_array_equal(np.asarray(lobe_out.dataobj), network_to_ras(decode_lobe(strided).numpy()))
+    np.testing.assert_array_equal(np.asarray(lobe_out.dataobj), MEDSYN_MONAI.to_ras(decode_lobe(strided).numpy()))
 
 
-def test_lowres_affine_places_each_strided_voxel_where_the_full_grid_has_it():
+@pytest.mark.parametrize("conventions", [MEDSYN_MONAI, MEDSYN_OFFICIAL], ids=lambda c: c.name)
+def test_lowres_affine_places_each_strided_voxel_where_the_full_grid_has_it(conventions):
     full = ras_affine((1.5, 1.25, 2.0), (16, 12, 8))
     index = np.stack(np.meshgrid(*(np.arange(n) for n in (16, 12, 8)), indexing="ij")).astype(np.float64)
     world = np.einsum("ij,jxyz->ixyz", full[:3, :3], index) + full[:3, 3, None, None, None]
-    strided = network_to_ras(downsample_nearest(torch.from_numpy(ras_to_network(world).copy())[None])[0].numpy())
-    low = lowres_affine(full)
+    network = torch.from_numpy(conventions.to_network(world).copy())
+    strided = conventions.to_ras(downsample_nearest(network[None])[0].numpy())
+    low = conventions.lowres_affine(full)
     low_index = np.stack(np.meshgrid(*(np.arange(n) for n in (4, 3, 2)), indexing="ij")).astype(np.float64)
     np.testing.assert_allclose(
         np.einsum("ij,jxyz->ixyz", low[:3, :3], low_index) + low[:3, 3, None, None, None], strided

@@ -8,12 +8,15 @@
 3. ``LoadImaged`` (nibabel, channel first, float32), then :class:`ValidateCased`: NaN/inf, label ranges.
 4. :class:`ApplyRescaled`: CT-RATE stored values → HU (``rescale_slope``/``rescale_intercept``) and the voxel
    spacing from its metadata (``spacing``), when the item carries them.
-5. ``Orientationd`` to RAS, ``Spacingd`` (image bilinear, masks nearest), ``ScaleIntensityRanged`` on the HU window
-   of :mod:`scripts.conventions` with clipping.
-6. :class:`EncodeAnatomyd`: masks → [-1, 1] codes, missing masks (when allowed) → background, ``channel_mask``.
-7. ``ResizeWithPadOrCropd`` (padding with -1: air and background) or ``Resized`` to ``size``.
+5. ``Orientationd`` to RAS, ``Spacingd`` (image bilinear, masks nearest) or, for volumes on the official MedSyn
+   atlas grid, :class:`AtlasResized` (the official resize to 256³); ``ScaleIntensityRanged`` on the HU window of
+   :mod:`scripts.conventions` with clipping.
+6. :class:`EncodeAnatomyd`: masks → network codes of the weights' conventions, missing masks (when allowed) →
+   background, ``channel_mask``.
+7. ``ResizeWithPadOrCropd`` (padding with each channel's background: air, no lobe, no mask) or ``Resized`` to
+   ``size``.
 8. ``ConcatItemsd`` → ``image`` (4, X, Y, Z) in channel order [CT, lobe, airway, vessel].
-9. ``Orientationd`` to the network layout ``conventions.NETWORK_AXCODES`` (the affine follows).
+9. ``Orientationd`` to the network layout of the conventions (``ModelConventions.axcodes``; the affine follows).
 10. :class:`Downsampled`: nearest ↓``LOWRES_FACTOR`` → ``lowres``; ``EnsureTyped`` float32.
 
 Errors raised inside a MONAI ``Compose`` reach the caller as ``RuntimeError("applying transform ...")`` whose
@@ -36,6 +39,7 @@ from monai.transforms import (
     ConcatItemsd,
     DeleteItemsd,
     EnsureTyped,
+    InvertibleTransform,
     LoadImaged,
     MapTransform,
     Orientationd,
@@ -44,23 +48,30 @@ from monai.transforms import (
     ScaleIntensityRanged,
     Spacingd,
 )
+from monai.utils import TraceKeys
 
 from scripts.conventions import (
+    ATLAS_SHAPE,
     DEFAULT_SIZE,
     HU_MAX,
     HU_MIN,
     LOWRES_FACTOR,
     MASK_KEYS,
-    NETWORK_AXCODES,
+    MEDSYN_MONAI,
     NUM_CHANNELS,
-    encode_channel,
+    ModelConventions,
+    resize_index_map,
 )
 from scripts.data.datalist import IMAGE_KEY, REPORT_FILE_KEY, REPORT_KEY, DataError, Problem, case_id, check_item
 from scripts.data.validation import AFFINE_ATOL, header_problems, read_headers, voxel_problems
 
 CHANNEL_MASK_KEY = "channel_mask"
 LOWRES_KEY = "lowres"
-SIZE_MODES = ("pad_crop", "resize")
+SIZE_MODES = ("pad_crop", "resize", "atlas")
+ATLAS_HINT = (
+    "register it to the MedSyn atlas first (official preprocessing steps 1-2, docs/official_weights.md), or pass "
+    "--size_mode pad_crop to centre it on the model grid without registration"
+)
 
 
 def _raise(problems: Sequence[Problem]) -> None:
@@ -212,10 +223,11 @@ class ApplyRescaled(MapTransform):
 
 
 class EncodeAnatomyd(MapTransform):
-    """Masks → [-1, 1] codes of :mod:`scripts.conventions` (lobe ``label / 5 · 2 - 1``, binary masks ±1).
+    """Masks → network codes of the weights' conventions (lobe ``label / 5 · 2 - 1``; airway and vessel ±1 for this
+    bundle's weights, {0, 1} for the official ones).
 
-    With ``allow_missing_masks`` an absent mask becomes background (-1 everywhere, the image's shape and
-    affine). Always writes ``channel_mask``: a (4,) float32 tensor, 1 for the channels [CT, lobe, airway, vessel]
+    With ``allow_missing_masks`` an absent mask becomes background (the channel's background value everywhere, the
+    image's shape and affine). Always writes ``channel_mask``: a (4,) float32 tensor, 1 for the channels [CT, lobe, airway, vessel]
     that hold real data, so a loss can ignore the others.
 
     Args:
@@ -223,6 +235,7 @@ class EncodeAnatomyd(MapTransform):
         image_key: the CT, used for the shape of missing masks.
         allow_missing_masks: fill absent masks instead of raising.
         channel_mask_key: output key of the channel mask.
+        conventions: the network side of the conventions (the encoding of airway and vessel); default this bundle's.
     """
 
     def __init__(
@@ -231,6 +244,7 @@ class EncodeAnatomyd(MapTransform):
         image_key: str = IMAGE_KEY,
         allow_missing_masks: bool = False,
         channel_mask_key: str = CHANNEL_MASK_KEY,
+        conventions: ModelConventions = MEDSYN_MONAI,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         unknown = [k for k in self.keys if k not in MASK_KEYS]
@@ -238,19 +252,92 @@ class EncodeAnatomyd(MapTransform):
             raise ValueError(f"EncodeAnatomyd keys must be mask channels {MASK_KEYS}, got {unknown}")
         self.image_key, self.channel_mask_key = image_key, channel_mask_key
         self.allow_missing_masks = allow_missing_masks
+        self.conventions = conventions
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         present = torch.ones(NUM_CHANNELS, dtype=torch.float32)
         for index, key in enumerate(self.keys, start=1):
             if key in d:
-                d[key] = encode_channel(str(key), d[key])
+                d[key] = self.conventions.encode(str(key), d[key])
             elif self.allow_missing_masks:
-                d[key] = torch.full_like(d[self.image_key], -1.0)
+                d[key] = torch.full_like(d[self.image_key], self.conventions.value_range(str(key))[0])
                 present[index] = 0.0
             else:
                 raise DataError(f"case {_name(d)}: no '{key}' mask; add it to the item or allow missing masks")
         d[self.channel_mask_key] = present
+        return d
+
+
+class AtlasResized(MapTransform, InvertibleTransform):
+    """Volumes on the official MedSyn atlas grid → the official model grid, exactly as the official preprocessing
+    resizes them (``preprocess/3_transform_image.py`` for CTs, ``5_transform_lung_mask.py`` for masks).
+
+    The atlas grid is 316 × 316 × 292 voxels of 1 mm (:data:`scripts.conventions.ATLAS_SHAPE`), what the official
+    registration (steps 1-2) produces. Each channel is resized to ``size``³ with ``skimage.transform.resize``, keeping
+    the outer voxel edges: the CT linearly after a Gaussian anti-aliasing filter with ``cval`` -1024 HU at the
+    border, masks by nearest neighbour with 0 at the border (the official arguments). Run it on HU, before the
+    window, as the official code does. The affine follows; ``inverse`` resizes back by nearest neighbour (label maps
+    of the segmentation entry).
+
+    Args:
+        keys: RAS volumes (C, X, Y, Z) on the atlas grid; the image key is the CT, the others masks.
+        size: the model grid size (official: 256).
+        image_key: the CT key.
+
+    Raises:
+        DataError: a volume not on the atlas grid (naming its shape and spacing and the fix).
+    """
+
+    def __init__(self, keys: KeysCollection, size: int = 256, image_key: str = IMAGE_KEY) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.size, self.image_key = int(size), image_key
+
+    def _check(self, name: str, key: Hashable, x: MetaTensor) -> None:
+        spacing = np.linalg.norm(np.asarray(x.affine, dtype=np.float64)[:3, :3], axis=0)
+        if tuple(x.shape[1:]) != ATLAS_SHAPE or not np.allclose(spacing, 1.0, atol=1e-3):
+            raise DataError(
+                f"case {name}: {key} is {list(x.shape[1:])} voxels of {np.round(spacing, 3).tolist()} mm, not on the "
+                f"MedSyn atlas grid ({list(ATLAS_SHAPE)} voxels of 1 mm); {ATLAS_HINT}"
+            )
+
+    @staticmethod
+    def _resize(x: MetaTensor, shape: Sequence[int], image: bool) -> MetaTensor:
+        from skimage.transform import resize
+
+        array = x.detach().cpu().numpy().astype(np.float64)  # the official code resizes in float64
+        options = (
+            dict(order=1, cval=HU_MIN, anti_aliasing=True) if image else dict(order=0, cval=0, anti_aliasing=False)
+        )
+        out = np.stack(
+            [resize(c, tuple(shape), mode="constant", preserve_range=True, **options) for c in array]
+        ).astype(np.float32)
+        index_map = np.eye(4)
+        for axis, (n_in, n_out) in enumerate(zip(x.shape[1:], shape)):
+            index_map[axis, axis], index_map[axis, 3] = resize_index_map(n_in, n_out)
+        meta = dict(x.meta)
+        meta["affine"] = torch.as_tensor(np.asarray(x.affine, dtype=np.float64) @ index_map)
+        meta["spatial_shape"] = np.asarray(shape)
+        return MetaTensor(torch.from_numpy(out), meta=meta, applied_operations=list(x.applied_operations))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            self._check(_name(d), key, d[key])
+        for key in self.key_iterator(d):
+            x = d[key]
+            out = self._resize(x, (self.size,) * 3, key == self.image_key)
+            self.push_transform(out, orig_size=list(x.shape[1:]), extra_info={"affine": x.affine})
+            d[key] = out
+        return d
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            transform = self.pop_transform(d[key])
+            restored = self._resize(d[key], transform[TraceKeys.ORIG_SIZE], image=False)
+            restored.affine = transform[TraceKeys.EXTRA_INFO]["affine"]
+            d[key] = restored
         return d
 
 
@@ -308,19 +395,24 @@ def build_preprocessing(
     network_layout: bool = True,
     report_required: bool = True,
     affine_atol: float = AFFINE_ATOL,
+    conventions: ModelConventions = MEDSYN_MONAI,
 ) -> Compose:
     """The preprocessing chain from a datalist item to ``image`` (4, *size) and ``lowres`` (4, *size / 4).
 
     Args:
         spacing: target voxel spacing (x, y, z) in mm after orienting to RAS; None keeps the file's grid.
         size: spatial size after resampling (one int for a cube); None keeps the resampled size.
-        size_mode: ``pad_crop`` (centre pad with -1 / crop; keeps the spacing) or ``resize`` (interpolate the whole
-            volume to ``size``: CT trilinear, masks nearest; changes the spacing).
+        size_mode: ``pad_crop`` (centre pad with each channel's background / crop; keeps the spacing), ``resize``
+            (interpolate the whole volume to ``size``: CT trilinear, masks nearest; changes the spacing) or
+            ``atlas`` (volumes already on the official MedSyn atlas grid, resized as the official preprocessing does
+            with :class:`AtlasResized`; ``spacing`` must be None).
         lowres: add ``lowres``: ``image`` downsampled by ``conventions.LOWRES_FACTOR`` (nearest, striding).
         allow_missing_masks: text-only data: absent masks become background and ``channel_mask`` marks them.
-        network_layout: end in the networks' axis layout ``conventions.NETWORK_AXCODES`` (D, H, W); False keeps RAS.
+        network_layout: end in the network's axis layout ``conventions.axcodes`` (D, H, W); False keeps RAS.
         report_required: an absent or empty report raises (training); False makes it "".
         affine_atol: largest mask/image affine difference in mm.
+        conventions: the network side of the conventions of the weights being trained or used (axis layout,
+            airway / vessel encoding); default this bundle's.
 
     Returns:
         a ``Compose`` mapping an item to a dict with ``image`` (MetaTensor float32 (4, ...), values in [-1, 1]),
@@ -336,14 +428,14 @@ def build_preprocessing(
         _loader(keys),
         ValidateCased(keys),
         ApplyRescaled(keys),
-        *_model_grid(keys, spacing),
+        *_model_grid(keys, spacing, spatial, size_mode),
         ScaleIntensityRanged(IMAGE_KEY, a_min=HU_MIN, a_max=HU_MAX, b_min=-1.0, b_max=1.0, clip=True),
-        EncodeAnatomyd(MASK_KEYS, allow_missing_masks=allow_missing_masks),
-        *_fit_size(keys, spatial, size_mode),
+        EncodeAnatomyd(MASK_KEYS, allow_missing_masks=allow_missing_masks, conventions=conventions),
+        *_fit_size(keys, spatial, size_mode, conventions),
     ]
     transforms += [ConcatItemsd(keys, name=IMAGE_KEY, dim=0), DeleteItemsd(list(MASK_KEYS))]
     if network_layout:
-        transforms.append(Orientationd(IMAGE_KEY, axcodes=NETWORK_AXCODES, labels=None))
+        transforms.append(Orientationd(IMAGE_KEY, axcodes=conventions.axcodes, labels=None))
     out_keys = [IMAGE_KEY]
     if lowres:
         transforms.append(Downsampled(IMAGE_KEY, factor=LOWRES_FACTOR, names=LOWRES_KEY))
@@ -361,6 +453,11 @@ def _check_grid(spacing: Sequence[float] | None, size: int | Sequence[int] | Non
     spatial = None if size is None else ([int(size)] * 3 if isinstance(size, (int, float)) else [int(s) for s in size])
     if spatial is not None and (len(spatial) != 3 or min(spatial) < 1):
         raise ValueError(f"size must be a positive int or three of them, got {size!r}")
+    if size_mode == "atlas" and (spacing is not None or spatial is None or len(set(spatial)) != 1):
+        raise ValueError(
+            f"size_mode 'atlas' resizes the atlas grid to a cube as the official code does: it needs spacing None "
+            f"and one size, got spacing {spacing!r} and size {size!r}"
+        )
     return spatial
 
 
@@ -380,10 +477,15 @@ def _loader(keys: Sequence[str]) -> LoadImaged:
     )
 
 
-def _model_grid(keys: Sequence[str], spacing: Sequence[float] | None) -> list[Any]:
-    """RAS orientation, then resampling to ``spacing`` (CT bilinear, masks nearest)."""
+def _model_grid(
+    keys: Sequence[str], spacing: Sequence[float] | None, spatial: list[int] | None, size_mode: str
+) -> list[Any]:
+    """RAS orientation, then resampling to ``spacing`` (CT bilinear, masks nearest), or from the atlas grid to the
+    model grid in ``atlas`` mode (on HU, before the window, as the official preprocessing does)."""
     transforms: list[Any] = [Orientationd(keys, axcodes="RAS", allow_missing_keys=True, labels=None)]
-    if spacing is not None:
+    if size_mode == "atlas":
+        transforms.append(AtlasResized(keys, size=spatial[0]))
+    elif spacing is not None:
         transforms.append(
             Spacingd(
                 keys, pixdim=list(spacing), mode=_modes(keys, "bilinear"), dtype=np.float32, allow_missing_keys=True
@@ -392,12 +494,24 @@ def _model_grid(keys: Sequence[str], spacing: Sequence[float] | None) -> list[An
     return transforms
 
 
-def _fit_size(keys: Sequence[str], spatial: list[int] | None, size_mode: str) -> list[Any]:
-    """Centre pad (with -1: air and background) / crop, or resize, to the model grid's ``spatial`` size."""
-    if spatial is None:
+def _fit_size(
+    keys: Sequence[str], spatial: list[int] | None, size_mode: str, conventions: ModelConventions
+) -> list[Any]:
+    """Centre pad (with each channel's background: air, no lobe, no mask) / crop, or resize, to the model grid's
+    ``spatial`` size; nothing in ``atlas`` mode (already done on the atlas grid)."""
+    if spatial is None or size_mode == "atlas":
         return []
     if size_mode == "pad_crop":
-        return [ResizeWithPadOrCropd(keys, spatial_size=spatial, mode="constant", value=-1.0, allow_missing_keys=True)]
+        return [
+            ResizeWithPadOrCropd(
+                key,
+                spatial_size=spatial,
+                mode="constant",
+                value=conventions.value_range("ct" if key == IMAGE_KEY else key)[0],
+                allow_missing_keys=True,
+            )
+            for key in keys
+        ]
     return [Resized(keys, spatial_size=spatial, mode=_modes(keys, "trilinear"), allow_missing_keys=True)]
 
 
@@ -406,6 +520,7 @@ def build_channel_preprocessing(
     spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
     size: int | Sequence[int] | None = DEFAULT_SIZE,
     size_mode: str = "pad_crop",
+    conventions: ModelConventions = MEDSYN_MONAI,
 ) -> Compose:
     """Put any subset of the four channels, given as files, on the model grid (for anatomy-controlled inference).
 
@@ -418,6 +533,7 @@ def build_channel_preprocessing(
     Args:
         channels: the keys present in the items (``image`` and / or mask names).
         spacing, size, size_mode: the model grid, as in :func:`build_preprocessing` (use the training values).
+        conventions: the network side of the conventions of the weights (the encoding of airway and vessel).
     """
     keys = list(channels)
     if not keys or any(k not in (IMAGE_KEY, *MASK_KEYS) for k in keys):
@@ -428,11 +544,14 @@ def build_channel_preprocessing(
         CheckFilesd(keys, allow_missing_masks=True, require_image=IMAGE_KEY in keys),
         _loader(keys),
         ValidateCased(keys),
-        *_model_grid(keys, spacing),
+        *_model_grid(keys, spacing, spatial, size_mode),
     ]
     if IMAGE_KEY in keys:
         transforms.append(ScaleIntensityRanged(IMAGE_KEY, a_min=HU_MIN, a_max=HU_MAX, b_min=-1.0, b_max=1.0, clip=True))
     if masks:
-        transforms.append(EncodeAnatomyd(masks, image_key=IMAGE_KEY))
-    transforms += [*_fit_size(keys, spatial, size_mode), EnsureTyped(keys, dtype=torch.float32, track_meta=True)]
+        transforms.append(EncodeAnatomyd(masks, image_key=IMAGE_KEY, conventions=conventions))
+    transforms += [
+        *_fit_size(keys, spatial, size_mode, conventions),
+        EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+    ]
     return Compose(transforms)

@@ -28,6 +28,8 @@ from typing import NamedTuple
 import torch
 from monai.utils import unsqueeze_right
 
+from scripts.conventions import ModelConventions
+
 from .schedule import get_schedule
 
 
@@ -92,6 +94,12 @@ class ContinuousDDIMScheduler:
         self.time_grid = torch.empty(0)
         self.timesteps = torch.empty(0)
         self.next_timesteps = torch.empty(0)
+
+    @classmethod
+    def for_conventions(cls, conventions: ModelConventions, **kwargs) -> ContinuousDDIMScheduler:
+        """The scheduler that samples weights of these conventions as they were meant to be sampled: the official
+        weights with the official loop's extra evaluation at t = 0 (``set_alpha_to_one=False``)."""
+        return cls(set_alpha_to_one=not conventions.extra_final_evaluation, **kwargs)
 
     # --- schedule ----------------------------------------------------------------------------------------------
 

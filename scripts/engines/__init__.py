@@ -32,4 +32,4 @@ from scripts.engines.distributed import (
 from scripts.engines.evaluation import ReseedEachRun, TrainerIteration, lower_is_better
 from scripts.engines.export import ExportEMA, checkpoint_items, encoder_description, export_latest, export_weights
 from scripts.engines.handlers import EMAHandler, GradientClipHandler, NaNGuard, optimizer_steps_now
-from scripts.engines.preview import SamplePreview, network_to_ras
+from scripts.engines.preview import SamplePreview

@@ -20,8 +20,9 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
 
+from scripts.conventions import ModelConventions, conventions_from_description, get_conventions
 from scripts.networks import MedSynUNet, load_state, read_description
-from scripts.networks.weights import description_path
+from scripts.networks.weights import described_network, description_path
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,11 @@ class ResumeFromLatest(CheckpointLoader):
 
 
 def start_from_weights(
-    network: MedSynUNet, weights: str | Path, stage: str, text_model: str | None = None
+    network: MedSynUNet,
+    weights: str | Path,
+    stage: str,
+    text_model: str | None = None,
+    conventions: str | ModelConventions | None = None,
 ) -> MedSynUNet:
     """Fill a freshly built network with exported weights (``NAME.pt`` + ``NAME.json``), to fine-tune or continue
     from them in a new run; ``weights=""`` returns the network untouched (training from scratch).
@@ -194,20 +199,30 @@ def start_from_weights(
         weights: path of the exported weights, or "".
         stage: the config's stage; the weights must be of it.
         text_model: the config's text encoder name, checked against the one the weights were trained with.
+        conventions: the config's conventions, checked against the ones the weights record (official weights are
+            fine-tuned with ``conventions: medsyn-official``).
 
     Raises:
-        WeightsNotFoundError, ValueError: one line naming the file and what differs (stage, network layout, text).
+        WeightsNotFoundError, ValueError: one line naming the file and what differs (stage, network layout, text,
+            conventions).
     """
     if not weights:
         return network
     hint = "init_weights takes a .pt written by the training config's export (with its .json), or '' to start afresh"
     info = read_description(weights, stage, hint)
     config = json.loads(json.dumps(network.config))  # tuples as the description's lists
-    differ = sorted(k for k in config.keys() | info["network"].keys() if config.get(k) != info["network"].get(k))
+    described = described_network(info)
+    differ = sorted(k for k in config.keys() | described.keys() if config.get(k) != described.get(k))
     if differ:
         raise ValueError(
             f"{weights} holds a different network ({', '.join(differ)} differ): set preset and network_overrides "
             f"to its description {description_path(weights).name}"
+        )
+    recorded, wanted = conventions_from_description(info), get_conventions(conventions)
+    if recorded != wanted:
+        raise ValueError(
+            f"{weights} records conventions {recorded.name!r}, this config uses {wanted.name!r}: set conventions to "
+            f"{recorded.name!r} (docs/official_weights.md)"
         )
     trained_with = info.get("text_encoder")
     if text_model is not None and trained_with is not None and trained_with != text_model:

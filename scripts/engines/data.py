@@ -27,7 +27,7 @@ from typing import Any
 
 from monai.transforms import CenterSpatialCropd, Compose, DeleteItemsd, RandSpatialCropd
 
-from scripts.conventions import LOWRES_FACTOR
+from scripts.conventions import LOWRES_FACTOR, ModelConventions, get_conventions
 from scripts.data.datalist import IMAGE_KEY, REPORT_KEY, DataError, load_datalist
 from scripts.data.transforms import LOWRES_KEY, LoadReportd, build_preprocessing
 from scripts.text.cache import EmbeddingCache
@@ -195,15 +195,25 @@ def lowres_transforms(
     allow_missing_masks: bool = False,
     text_cache_dir: str | os.PathLike | None = None,
     text_key: str | None = None,
+    conventions: str | ModelConventions | None = None,
 ) -> Compose:
     """Stage 1: preprocessing to ``size``, keep ``lowres`` (4, size/4...) only, then the report's ``context``.
 
     Args:
         spacing, size, size_mode, allow_missing_masks: as in :func:`scripts.data.transforms.build_preprocessing`.
         text_cache_dir, text_key: the embedding cache holding every report; None trains without text.
+        conventions: the network side of the conventions (a preset name such as ``medsyn-monai``); default this
+            bundle's.
     """
     steps = list(
-        build_preprocessing(spacing, size, size_mode, lowres=True, allow_missing_masks=allow_missing_masks).transforms
+        build_preprocessing(
+            spacing,
+            size,
+            size_mode,
+            lowres=True,
+            allow_missing_masks=allow_missing_masks,
+            conventions=get_conventions(conventions),
+        ).transforms
     )
     steps.append(DeleteItemsd(IMAGE_KEY))  # the full-resolution volume is not needed: cache 1/64 of it
     if text_cache_dir is not None and text_key is not None:
@@ -240,6 +250,7 @@ def sr_transforms(
     random_crop: bool = True,
     size_mode: str = "pad_crop",
     allow_missing_masks: bool = False,
+    conventions: str | ModelConventions | None = None,
 ) -> Compose:
     """Stage 2: preprocessing to ``size`` (no low-res copy), then a (random or centre) crop of ``image``.
 
@@ -247,10 +258,18 @@ def sr_transforms(
         spacing, size, size_mode, allow_missing_masks: as in :func:`scripts.data.transforms.build_preprocessing`.
         crop_size: (D, H, W) in the network layout, checked by :func:`check_crop`.
         random_crop: random crops (training) or the centre crop (validation: comparable numbers).
+        conventions: as in :func:`lowres_transforms`.
     """
     crop = check_crop(crop_size, size)
     steps = list(
-        build_preprocessing(spacing, size, size_mode, lowres=False, allow_missing_masks=allow_missing_masks).transforms
+        build_preprocessing(
+            spacing,
+            size,
+            size_mode,
+            lowres=False,
+            allow_missing_masks=allow_missing_masks,
+            conventions=get_conventions(conventions),
+        ).transforms
     )
     if random_crop:
         steps.append(RandSpatialCropd(IMAGE_KEY, roi_size=crop, random_size=False))

@@ -5,7 +5,8 @@ Files, written atomically into the run's ``output_dir`` (``<stage>`` is ``lowres
 
     <stage>_ema.pt     the EMA network's state dict (float32, no "module." prefix)
     <stage>_ema.json   {"stage", "network": MedSynUNet kwargs, "preset", "text_encoder" (name for ReportEncoder),
-                        "text_encoder_info", "data" (model grid: spacing, size, size_mode), "iteration", ...}
+                        "text_encoder_info", "data" (model grid: spacing, size, size_mode), "conventions",
+                        "iteration", ...}
 
 Load them with :func:`scripts.networks.load_network`.
 """
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from scripts.conventions import ModelConventions, get_conventions
 from scripts.engines.checkpoint import ResumeFromLatest
 from scripts.engines.distributed import is_rank_zero
 from scripts.networks.weights import description_path, read_description, save_network
@@ -43,6 +45,7 @@ def export_weights(
     text_encoder_info: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    conventions: str | ModelConventions | None = None,
 ) -> tuple[Path, Path]:
     """Write ``network``'s weights and description (see the module docstring); returns the two paths.
 
@@ -56,6 +59,7 @@ def export_weights(
         text_encoder_info: its details (``model_id``, ``hidden_size``, ...), from :func:`encoder_description`.
         data: the model grid of the training data (``spacing``, ``size``, ``size_mode``), which inference reuses.
         extra: more fields for the JSON (e.g. EMA decay).
+        conventions: the conventions the network was trained with (recorded; default this bundle's).
     """
     network = getattr(network, "module", network)
     weights, meta_path = export_paths(output_dir, stage)
@@ -69,6 +73,7 @@ def export_weights(
         text_encoder=text_encoder,
         text_encoder_info=text_encoder_info,
         data=data,
+        conventions=get_conventions(conventions).as_dict(),
         iteration=int(iteration),
         **(extra or {}),
     )
@@ -84,7 +89,7 @@ class ExportEMA:
 
     Args:
         ema: the ``EMAHandler`` (its ``model`` is exported).
-        output_dir, stage, preset, text_encoder, text_encoder_info, data: as in :func:`export_weights`.
+        output_dir, stage, preset, text_encoder, text_encoder_info, data, conventions: as in :func:`export_weights`.
         started_from: the ``init_weights`` the run started from, or "": recorded as ``started_from`` (file name and
             the iterations behind it), so a fine-tuned export tells how much training it holds in all.
     """
@@ -99,8 +104,10 @@ class ExportEMA:
         text_encoder_info: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         started_from: str | os.PathLike = "",
+        conventions: str | ModelConventions | None = None,
     ) -> None:
         self.ema, self.output_dir, self.stage, self.preset = ema, output_dir, stage, preset
+        self.conventions = get_conventions(conventions)
         self.text_encoder, self.text_encoder_info, self.data = text_encoder, text_encoder_info, data
         self.provenance = {"ema_decay": ema.decay, "ema_start_iteration": ema.start_iteration}
         if started_from:
@@ -127,6 +134,7 @@ class ExportEMA:
             self.text_encoder_info,
             self.data,
             self.provenance,
+            self.conventions,
         )
 
 
@@ -168,6 +176,7 @@ def encoder_description(cache: Any) -> dict[str, Any] | None:
         "hidden_size": encoder.hidden_size,
         "max_tokens": encoder.max_tokens,
         "context_tokens": encoder.context_tokens,
+        "text_input": encoder.text_input,
         "cache_key": cache.key,
     }
 

@@ -18,12 +18,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from nibabel import orientations
 
-from scripts.conventions import NETWORK_AXCODES, OUTPUT_AXCODES, decode_volume
+from scripts.conventions import ModelConventions, get_conventions
 from scripts.data.io import atomic_path
 from scripts.diffusion import (
     ClassifierFreeGuidance,
+    ContinuousDDIMScheduler,
     NetworkDenoiser,
     SuperResolutionDenoiser,
     downsample_nearest,
@@ -37,26 +37,13 @@ logger = logging.getLogger(__name__)
 STAGES = ("lowres", "sr")
 
 
-def network_to_ras(volume: np.ndarray) -> np.ndarray:
-    """A (D, H, W) array in the networks' layout ``NETWORK_AXCODES`` as an (x, y, z) RAS array (a view)."""
-    transform = orientations.ornt_transform(
-        orientations.axcodes2ornt(NETWORK_AXCODES), orientations.axcodes2ornt(OUTPUT_AXCODES)
-    )
-    return orientations.apply_orientation(volume, transform)
-
-
-def _spacing_ras(example: Any, fallback: float = 1.0) -> tuple[float, float, float]:
+def _spacing_ras(example: Any, conventions: ModelConventions, fallback: float = 1.0) -> tuple[float, float, float]:
     """Voxel sizes of a MetaTensor in RAS order (its affine is in the network layout); 1 mm without metadata."""
     affine = getattr(example, "affine", None)
     if affine is None:
         return (fallback,) * 3
-    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
-    order = orientations.ornt_transform(
-        orientations.axcodes2ornt(NETWORK_AXCODES), orientations.axcodes2ornt(OUTPUT_AXCODES)
-    )[:, 0].astype(int)
-    ras = np.empty(3)
-    ras[order] = spacing
-    return tuple(float(s) for s in ras)
+    ras = conventions.ras_affine(np.asarray(affine, dtype=np.float64), tuple(example.shape[-3:]))
+    return tuple(float(s) for s in np.linalg.norm(ras[:3, :3], axis=0))
 
 
 class SamplePreview:
@@ -74,6 +61,7 @@ class SamplePreview:
         guidance_scale: classifier-free guidance scale of stage 1 (1 = none, MedSyn's default).
         summary_writer: optional TensorBoard ``SummaryWriter``; the montage is logged as ``preview/<stage>``.
         device: device to sample on; default the network's.
+        conventions: the network side of the conventions of the run (axis layout, mask encoding, final evaluation).
     """
 
     def __init__(
@@ -88,6 +76,7 @@ class SamplePreview:
         guidance_scale: float = 1.0,
         summary_writer: Any | None = None,
         device: str | torch.device | None = None,
+        conventions: str | ModelConventions | None = None,
     ) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -99,11 +88,12 @@ class SamplePreview:
         self.guidance_scale = float(guidance_scale)
         self.summary_writer = summary_writer
         self.device = device
+        self.conventions = get_conventions(conventions)
         key = "lowres" if stage == "lowres" else "image"
         if key not in example:
             raise KeyError(f"the preview example has no '{key}' (keys: {sorted(map(str, example))})")
         reference = example[key]
-        self.spacing = _spacing_ras(reference)
+        self.spacing = _spacing_ras(reference, self.conventions)
         self.shape = (1, *tuple(reference.shape))
         if stage == "lowres":
             self.context = torch.as_tensor(example["context"]).float()[None] if "context" in example else None
@@ -130,13 +120,25 @@ class SamplePreview:
                 denoise = NetworkDenoiser(self.network)
             else:
                 denoise = ClassifierFreeGuidance(self.network, self.context.to(device), self.guidance_scale)
-            return sample_ddim(denoise, self.shape, self.num_steps, generator=self.seed, device=device, progress=False)
+            scheduler = ContinuousDDIMScheduler.for_conventions(self.conventions)
+            return sample_ddim(
+                denoise,
+                self.shape,
+                self.num_steps,
+                generator=self.seed,
+                device=device,
+                scheduler=scheduler,
+                progress=False,
+            )
         finally:
             self.network.train(was_training)
 
     def render(self, sample: torch.Tensor) -> np.ndarray:
         """The montage of a sample (1, 4, D, H, W) as an (H, W, 3) uint8 image."""
-        decoded = {name: network_to_ras(value.cpu().numpy()) for name, value in decode_volume(sample[0]).items()}
+        volume = sample[0].cpu().numpy()
+        decoded = {
+            name: self.conventions.to_ras(value) for name, value in self.conventions.decode_volume(volume).items()
+        }
         ct = decoded.pop("ct")
         return montage_array(ct, masks=decoded, spacing=self.spacing, title=self.title)
 
@@ -154,4 +156,4 @@ class SamplePreview:
         logger.info(f"sample preview at iteration {iteration}: {path}")
 
 
-__all__ = ["SamplePreview", "network_to_ras"]
+__all__ = ["SamplePreview"]

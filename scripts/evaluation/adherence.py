@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -215,7 +216,9 @@ def folder_generator(folder: str | Path) -> Generator:
     return generate
 
 
-def pipeline_generator(pipeline: Callable, spacing: Sequence[float], lowres_only: bool = False) -> Generator:
+def pipeline_generator(
+    pipeline: Callable, spacing: Sequence[float], lowres_only: bool = False, conventions: Any = None
+) -> Generator:
     """A ``generate`` callable around :class:`scripts.inference.pipeline.MedSynPipeline` (or anything called as
     ``pipeline(prompt, seed) -> PipelineOutput``): sample ``i`` uses seed ``seed + i``.
 
@@ -223,9 +226,12 @@ def pipeline_generator(pipeline: Callable, spacing: Sequence[float], lowres_only
         pipeline: the generation pipeline.
         spacing: voxel size (mm) of the final grid; the low-resolution output is ``LOWRES_FACTOR`` times coarser.
         lowres_only: measure the stage-1 output even when the pipeline has a super-resolution stage.
+        conventions: the weights' :class:`~scripts.conventions.ModelConventions` (default this bundle's).
     """
-    from scripts.conventions import LOWRES_FACTOR
+    from scripts.conventions import LOWRES_FACTOR, get_conventions
     from scripts.inference.writer import decode_sample
+
+    conventions = get_conventions(conventions)
 
     def generate(prompt: str, num: int, seed: int) -> list[Volume]:
         out = []
@@ -234,7 +240,7 @@ def pipeline_generator(pipeline: Callable, spacing: Sequence[float], lowres_only
             lowres = lowres_only or sample.volume is None
             volume = sample.lowres if lowres else sample.volume
             grid = [float(s) * (LOWRES_FACTOR if lowres else 1) for s in spacing]
-            out.append((decode_sample(volume)["ct"].astype(np.float32), grid))
+            out.append((decode_sample(volume, conventions)["ct"].astype(np.float32), grid))
         return out
 
     return generate

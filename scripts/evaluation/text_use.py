@@ -91,9 +91,17 @@ def gap_test(finding: torch.Tensor, negation: torch.Tensor) -> dict[str, Any]:
 
 
 def phantom_cases(
-    findings: str, num: int, size: int, seed: int, spacing: Sequence[float], grid: int, workdir: str | Path
+    findings: str,
+    num: int,
+    size: int,
+    seed: int,
+    spacing: Sequence[float],
+    grid: int,
+    workdir: str | Path,
+    conventions: Any = None,
 ) -> tuple[torch.Tensor, list[str]]:
-    """``num`` phantom cases with ``findings``, preprocessed to the stage-1 grid as in training.
+    """``num`` phantom cases with ``findings``, preprocessed to the stage-1 grid as in training (with the weights'
+    conventions, default this bundle's).
 
     Returns:
         (num, 4, grid/4, grid/4, grid/4) clean volumes and the cases' own reports.
@@ -103,7 +111,7 @@ def phantom_cases(
 
     datalist = write_dataset(Path(workdir) / findings.replace(":", "_"), num, size, seed, findings, val_fraction=0.0)
     items = load_split(datalist, None, "training")
-    transform = lowres_transforms(spacing, grid)
+    transform = lowres_transforms(spacing, grid, conventions=conventions)
     volumes = [transform(item)["lowres"].as_tensor() for item in items]
     return torch.stack(volumes), [item["report"] for item in items]
 
@@ -131,6 +139,7 @@ def text_use_study(
         text_encoder: encoder name or folder; default the one the weights were trained with.
         device: where the network runs.
     """
+    from scripts.conventions import conventions_from_description
     from scripts.networks import load_network
     from scripts.text import ReportEncoder
 
@@ -141,7 +150,10 @@ def text_use_study(
     data = info.get("data") or {}
     if "spacing" not in data or "size" not in data:
         raise ValueError(f"{weights}: its description has no training grid ('data': spacing and size)")
-    encoder = ReportEncoder(text_encoder or info.get("text_encoder") or "minilm", device=device)
+    conventions = conventions_from_description(info)
+    encoder = ReportEncoder.for_weights(
+        text_encoder or info.get("text_encoder") or "minilm", info.get("text_encoder_info"), device
+    )
 
     def encoded(texts: list[str]) -> torch.Tensor:
         return encoder.encode(texts).to(device, torch.float32)
@@ -149,7 +161,9 @@ def text_use_study(
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for pair in usable:
-            x0, reports = phantom_cases(pair.phantom_findings, num, size, seed, data["spacing"], data["size"], workdir)
+            x0, reports = phantom_cases(
+                pair.phantom_findings, num, size, seed, data["spacing"], data["size"], workdir, conventions
+            )
             x0 = x0.to(device)
             contexts = {
                 "own": encoded(reports),

@@ -1,9 +1,9 @@
 """The MedSyn cascade as a pipeline: encode the report, sample 64³ jointly, super-resolve to 256³.
 
-The pipeline only composes pieces (diffusers style): networks from :mod:`scripts.networks`, denoiser wrappers and
-the DDIM loop from :mod:`scripts.diffusion`, tiling from :mod:`.tiling`. Every random number of a sample comes
-from its own seed, drawn on the CPU, so a sample does not depend on the batch or the device it was made on
-(up to floating-point differences between devices).
+The pipeline only composes pieces (diffusers style): networks from :mod:`scripts.networks`, denoiser wrappers, a
+scheduler and the DDIM loop from :mod:`scripts.diffusion`, tiling from :mod:`.tiling`. Every random number of a
+sample comes from its own seed, drawn on the CPU, so a sample does not depend on the batch or the device it was made
+on (up to floating-point differences between devices); or the caller gives the starting noise of each stage.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 from scripts.conventions import CHANNELS, LOWRES_FACTOR, NUM_CHANNELS
 from scripts.diffusion import (
     ClassifierFreeGuidance,
+    ContinuousDDIMScheduler,
     FixedChannels,
     NetworkDenoiser,
     SuperResolutionDenoiser,
@@ -24,7 +25,7 @@ from scripts.diffusion import (
     downsample_nearest,
     upsample_nearest,
 )
-from scripts.inference.tiling import SlidingWindowNetwork
+from scripts.inference.tiling import SlidingWindowNetwork, auto_tile
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # reports -> (B, 192, H) token features
 
@@ -36,10 +37,12 @@ class PipelineOutput:
     Attributes:
         lowres: (4, d, h, w) stage-1 output.
         volume: (4, 4d, 4h, 4w) stage-2 output, or None when the pipeline has no super-resolution network.
+        sr_tile: the tile stage 2 ran in (D, H, W; -1 = whole axis), or None for the whole volume at once.
     """
 
     lowres: torch.Tensor
     volume: torch.Tensor | None
+    sr_tile: tuple[int, int, int] | None = None
 
 
 class MedSynPipeline:
@@ -54,10 +57,13 @@ class MedSynPipeline:
         lowres_steps: DDIM steps of stage 1 (MedSyn: 50).
         sr_steps: DDIM steps of stage 2 (MedSyn: 20).
         guidance_scale: classifier-free guidance scale, 1 = plain conditional sampling (MedSyn's default).
-        sr_roi_size: tile (D, H, W) for memory-bounded stage 2 (-1 = whole axis); None runs the whole volume.
+        sr_roi_size: tile (D, H, W) for memory-bounded stage 2 (-1 = whole axis); None runs the whole volume (as the
+            official code does); ``"auto"`` the whole volume when the device has room, else slabs (:func:`auto_tile`).
         sr_overlap: tile overlap fraction.
         device: where the networks run; default CUDA when available.
         progress: show progress bars.
+        scheduler: the DDIM scheduler of both stages; default ``ContinuousDDIMScheduler()``. For official weights use
+            ``ContinuousDDIMScheduler.for_conventions(MEDSYN_OFFICIAL)`` (one more evaluation at t = 0).
     """
 
     def __init__(
@@ -69,10 +75,11 @@ class MedSynPipeline:
         lowres_steps: int = 50,
         sr_steps: int = 20,
         guidance_scale: float = 1.0,
-        sr_roi_size: Sequence[int] | None = None,
+        sr_roi_size: Sequence[int] | str | None = None,
         sr_overlap: float = 0.25,
         device: str | torch.device | None = None,
         progress: bool = True,
+        scheduler: ContinuousDDIMScheduler | None = None,
     ) -> None:
         if len(lowres_size) != 3 or min(lowres_size) < 1:
             raise ValueError(f"lowres_size must be three positive sizes (D, H, W), got {list(lowres_size)}")
@@ -87,9 +94,12 @@ class MedSynPipeline:
         self.lowres_size = tuple(int(s) for s in lowres_size)
         self.lowres_steps, self.sr_steps = int(lowres_steps), int(sr_steps)
         self.guidance_scale = float(guidance_scale)
-        self.sr_roi_size = None if sr_roi_size is None else tuple(int(s) for s in sr_roi_size)
+        if isinstance(sr_roi_size, str) and sr_roi_size != "auto":
+            raise ValueError(f"sr_roi_size must be a (D, H, W) tile, None or 'auto', got {sr_roi_size!r}")
+        self.sr_roi_size = sr_roi_size if sr_roi_size in (None, "auto") else tuple(int(s) for s in sr_roi_size)
         self.sr_overlap = sr_overlap
         self.progress = progress
+        self.scheduler = scheduler if scheduler is not None else ContinuousDDIMScheduler()
 
     @property
     def size(self) -> tuple[int, int, int]:
@@ -105,19 +115,42 @@ class MedSynPipeline:
             raise ValueError("this pipeline has no text encoder; give one, or sample without a report")
         return self.text_encoder([prompt]).to(self.device, torch.float32)
 
+    def _noise(
+        self, given: torch.Tensor | None, spatial: Sequence[int], generator: torch.Generator, name: str
+    ) -> torch.Tensor:
+        """The starting noise of a stage: the caller's (checked), else drawn from the sample's generator."""
+        shape = (1, NUM_CHANNELS, *spatial)
+        if given is None:
+            return torch.randn(shape, generator=generator).to(self.device)
+        given = torch.as_tensor(given)
+        if tuple(given.shape) != shape or not given.is_floating_point() or not torch.isfinite(given).all():
+            raise ValueError(
+                f"{name} must be finite floating-point noise of shape {shape} (network layout), got "
+                f"{given.dtype} {tuple(given.shape)}"
+            )
+        return given.to(self.device, torch.float32)
+
     @torch.inference_mode()
     def __call__(
-        self, prompt: str | None, seed: int, fixed: Mapping[str, torch.Tensor] | None = None
+        self,
+        prompt: str | None,
+        seed: int,
+        fixed: Mapping[str, torch.Tensor] | None = None,
+        noise_lowres: torch.Tensor | None = None,
+        noise_sr: torch.Tensor | None = None,
     ) -> PipelineOutput:
         """Generate one sample.
 
         Args:
             prompt: report text, or None for report-free sampling (e.g. segmentation without a report).
             seed: the sample's seed; the same seed, prompt, fixed channels and weights give the same sample.
-            fixed: channel name (``ct``, ``lobe``, ``airway``, ``vessel``) → encoded values in [-1, 1] on the full
-                model grid (``LOWRES_FACTOR`` × ``lowres_size``, also without a stage 2), shape (D, H, W) in network
-                layout. Held at every step of both stages (downsampled by nearest striding for stage 1, as training
-                data is). Fixing ``ct`` segments it.
+            fixed: channel name (``ct``, ``lobe``, ``airway``, ``vessel``) → encoded values in network units on the
+                full model grid (``LOWRES_FACTOR`` × ``lowres_size``, also without a stage 2), shape (D, H, W) in
+                network layout. Held at every step of both stages (downsampled by nearest striding for stage 1, as
+                training data is). Fixing ``ct`` segments it.
+            noise_lowres: the starting noise of stage 1, (1, 4, *lowres_size) in network layout, instead of the
+                seed's first draw (e.g. to reproduce another implementation's loop).
+            noise_sr: the starting noise of stage 2, (1, 4, *size), instead of the seed's next draw.
         """
         fixed = dict(fixed or {})
         names = [name for name in CHANNELS if name in fixed]
@@ -144,20 +177,23 @@ class MedSynPipeline:
         )
         if values is not None:
             denoise = FixedChannels(denoise, downsample_nearest(values), names)
-        noise = torch.randn((1, NUM_CHANNELS, *self.lowres_size), generator=generator).to(self.device)
-        lowres = ddim_sample_loop(denoise, noise, self.lowres_steps, progress=self.progress)
+        noise = self._noise(noise_lowres, self.lowres_size, generator, "noise_lowres")
+        lowres = ddim_sample_loop(denoise, noise, self.lowres_steps, self.scheduler, progress=self.progress)
         if self.sr_network is None:
             return PipelineOutput(lowres=lowres[0].float().cpu(), volume=None)
 
         network: nn.Module = self.sr_network
-        if self.sr_roi_size is not None:
-            network = SlidingWindowNetwork(network, self.sr_roi_size, overlap=self.sr_overlap)
+        tile = self.sr_roi_size
+        if tile == "auto":
+            tile = auto_tile(network, self.size, self.device)
+        if tile is not None:
+            network = SlidingWindowNetwork(network, tile, overlap=self.sr_overlap)
         denoise = SuperResolutionDenoiser(network, upsample_nearest(lowres))
         if values is not None:
             denoise = FixedChannels(denoise, values, names)
-        noise = torch.randn((1, NUM_CHANNELS, *self.size), generator=generator).to(self.device)
-        volume = ddim_sample_loop(denoise, noise, self.sr_steps, progress=self.progress)
-        return PipelineOutput(lowres=lowres[0].float().cpu(), volume=volume[0].float().cpu())
+        noise = self._noise(noise_sr, self.size, generator, "noise_sr")
+        volume = ddim_sample_loop(denoise, noise, self.sr_steps, self.scheduler, progress=self.progress)
+        return PipelineOutput(lowres=lowres[0].float().cpu(), volume=volume[0].float().cpu(), sr_tile=tile)
 
 
 def _default_device() -> torch.device:

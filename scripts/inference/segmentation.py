@@ -35,20 +35,21 @@ from scripts.conventions import (
     AIRWAY,
     LOBE,
     LOWRES_FACTOR,
-    NETWORK_AXCODES,
+    MEDSYN_MONAI,
     NUM_SEGMENTATION_LABELS,
     VESSEL,
+    ModelConventions,
     combine_labels,
-    decode_binary,
-    decode_lobe,
 )
 from scripts.data.datalist import IMAGE_KEY
 from scripts.data.io import OutputExistsError, atomic_path, refuse_existing
 from scripts.data.transforms import build_channel_preprocessing
+from scripts.diffusion import ContinuousDDIMScheduler
+from scripts.inference.cascade import WEIGHTS_HINT, describe_cascade, load_cascade
 from scripts.inference.pipeline import MedSynPipeline
-from scripts.inference.workflow import WEIGHTS_HINT, _as_bool, _as_tile, exit_in_one_line, model_grid
+from scripts.inference.workflow import _as_bool, _as_tile, exit_in_one_line
 from scripts.networks.unet import MedSynUNet
-from scripts.networks.weights import WeightsNotFoundError, load_network, load_state, read_description
+from scripts.networks.weights import WeightsNotFoundError, load_state
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,14 @@ class JointSegmentationNetwork(nn.Module):
         steps_lowres: DDIM steps of stage 1; default 50.
         steps_sr: DDIM steps of stage 2; default 20.
         seed: seed of the sampling noise; the same CT, seed, steps and weights give the same labels. Default 0.
-        sr_tile: super-resolution tile (D, H, W), -1 = whole axis; None (default) runs the whole volume at once.
+        sr_tile: super-resolution tile (D, H, W), -1 = whole axis; None (default) runs the whole volume at once, as
+            the official code does; "auto" the whole volume when the device has room, else slabs.
         sr_overlap: tile overlap fraction; default 0.25.
         progress: show progress bars; default True.
+        conventions: the conventions both stages record (layout, mask decoding, the sampler's final evaluation).
     """
+
+    _MASKS = (("lobe", LOBE), ("airway", AIRWAY), ("vessel", VESSEL))
 
     def __init__(
         self,
@@ -94,6 +99,7 @@ class JointSegmentationNetwork(nn.Module):
         sr_tile: Sequence[int] | None = None,
         sr_overlap: float = 0.25,
         progress: bool = True,
+        conventions: ModelConventions = MEDSYN_MONAI,
     ) -> None:
         super().__init__()
         size = (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(s) for s in size)
@@ -107,9 +113,10 @@ class JointSegmentationNetwork(nn.Module):
         self.size = size
         self.steps_lowres, self.steps_sr, self.seed = int(steps_lowres), int(steps_sr), int(seed)
         tile = _as_tile(sr_tile)
-        self.sr_tile = None if tile is None else tuple(tile)
+        self.sr_tile = tile if tile in (None, "auto") else tuple(tile)
         self.sr_overlap = float(sr_overlap)
         self.progress = progress
+        self.conventions = conventions
 
     @classmethod
     def from_descriptions(
@@ -121,9 +128,9 @@ class JointSegmentationNetwork(nn.Module):
     ) -> JointSegmentationNetwork:
         """Build the network the two stages' weight files describe (``NAME.json`` beside each ``NAME.pt``).
 
-        The architecture comes from each description's ``network`` and the input size from the low-res one's model
-        grid (``data``). Without ``load`` the weights stay random: load ``models/model.pt`` with
-        :meth:`load_weights` (or ``load_state_dict``, as MONAI Label does).
+        The architecture comes from each description's ``network``, the input size from the low-res one's model grid
+        (``data``) and the conventions from both (:mod:`.cascade`). Without ``load`` the weights stay random: load
+        ``models/model.pt`` with :meth:`load_weights` (or ``load_state_dict``, as MONAI Label does).
 
         Args:
             lowres_weights: stage-1 ``.pt`` file (its description must exist beside it).
@@ -131,18 +138,14 @@ class JointSegmentationNetwork(nn.Module):
             load: also load both stages' weights (strictly), as :func:`export_weights` does.
             settings: :class:`JointSegmentationNetwork` keyword arguments (steps, seed, tiling, progress).
         """
-        infos = {}
-        networks = {}
-        for stage, path in (("lowres", lowres_weights), ("sr", sr_weights)):
-            if not path:
-                raise WeightsNotFoundError(f"segmentation needs {stage} weights: {WEIGHTS_HINT}")
-            if load:
-                networks[stage], infos[stage] = load_network(path, stage, "cpu", WEIGHTS_HINT)
-            else:
-                infos[stage] = read_description(path, stage, WEIGHTS_HINT)
-                networks[stage] = MedSynUNet(**infos[stage]["network"])
-        _, size, _ = model_grid(infos["lowres"])
-        return cls(networks["lowres"], networks["sr"], size, **settings)
+        if not lowres_weights:
+            raise WeightsNotFoundError(f"segmentation needs lowres weights: {WEIGHTS_HINT}")
+        if load:
+            lowres, sr, described = load_cascade(lowres_weights, sr_weights, require_sr=True)
+        else:
+            described = describe_cascade(lowres_weights, sr_weights, require_sr=True)
+            lowres, sr = MedSynUNet(**described.lowres["network"]), MedSynUNet(**described.sr["network"])
+        return cls(lowres, sr, described.grid.size, conventions=described.conventions, **settings)
 
     def load_weights(self, path: str | os.PathLike) -> JointSegmentationNetwork:
         """Load ``models/model.pt`` (a plain state dict of both stages) strictly and return this network."""
@@ -175,40 +178,43 @@ class JointSegmentationNetwork(nn.Module):
             sr_overlap=self.sr_overlap,
             device=next(self.lowres.parameters()).device,
             progress=self.progress,
+            scheduler=ContinuousDDIMScheduler.for_conventions(self.conventions),
         )
         ct = image.as_tensor() if isinstance(image, MetaTensor) else image  # the sampler needs no metadata
         scores = []
         for one in ct:
             volume = pipeline(None, self.seed, {"ct": one[0]}).volume
-            lobe, airway, vessel = (
-                decode_lobe(volume[LOBE]),
-                decode_binary(volume[AIRWAY]),
-                decode_binary(volume[VESSEL]),
-            )
+            lobe, airway, vessel = (self.conventions.decode(name, volume[i]) for name, i in self._MASKS)
             label = combine_labels(lobe, airway, vessel)
             scores.append(F.one_hot(label.long(), NUM_SEGMENTATION_LABELS).permute(3, 0, 1, 2))
         return convert_to_dst_type(torch.stack(scores), image, dtype=image.dtype)[0]
 
 
 def build_segmentation_preprocessing(
-    lowres_weights: str | os.PathLike, spacing: Sequence[float] | None = None
+    lowres_weights: str | os.PathLike, spacing: Sequence[float] | None = None, size_mode: str | None = None
 ) -> Compose:
     """The ``preprocessing`` of the segmentation entry: a NIfTI CT path in ``image`` → (1, D, H, W) network input.
 
     The same chain that puts a fixed CT on the model grid for the ``inference`` run, so the network sees a CT exactly
     as in training (:func:`scripts.data.transforms.build_channel_preprocessing`: check the file, ``LoadImaged``
     channel first, check the voxels, ``Orientationd`` RAS, ``Spacingd`` bilinear, the HU window to [-1, 1] with
-    clipping, ``ResizeWithPadOrCropd`` padding with -1 or ``Resized``), then ``Orientationd`` to the network layout
-    ``conventions.NETWORK_AXCODES``. Every spatial step is invertible, for ``Invertd`` in the postprocessing.
+    clipping, ``ResizeWithPadOrCropd`` padding with the background or ``Resized``, or the official atlas resize),
+    then ``Orientationd`` to the network layout of the weights' conventions. Every spatial step is invertible, for
+    ``Invertd`` in the postprocessing.
 
     Args:
-        lowres_weights: stage-1 weights; the model grid (spacing, size, size mode) comes from their description.
+        lowres_weights: stage-1 weights; the model grid (spacing, size, size mode) and the conventions come from their
+            description.
         spacing: voxel size in mm (x, y, z) instead of the training grid's (the config's ``spacing``).
+        size_mode: how to put the CT on the grid instead of the recorded way (the config's ``size_mode``).
     """
-    spacing, size, size_mode = model_grid(read_description(lowres_weights, "lowres", WEIGHTS_HINT), spacing)
-    grid = build_channel_preprocessing([IMAGE_KEY], spacing, size, size_mode)
+    described = describe_cascade(lowres_weights, None, spacing, size_mode)
+    grid = described.grid
+    chain = build_channel_preprocessing(
+        [IMAGE_KEY], grid.input_spacing, grid.size, grid.size_mode, described.conventions
+    )
     # flat, so MONAI Label finds LoadImaged among the transforms (it swaps in its own loader)
-    return Compose([*grid.transforms, Orientationd(IMAGE_KEY, axcodes=NETWORK_AXCODES, labels=None)])
+    return Compose([*chain.transforms, Orientationd(IMAGE_KEY, axcodes=described.conventions.axcodes, labels=None)])
 
 
 def segmentation_datalist(
@@ -274,8 +280,7 @@ def check_segment_run(
     """
     with exit_in_one_line("segment"):
         items = segmentation_datalist(image, dataset_dir, output_dir, postfix, overwrite)
-        for stage, path in (("lowres", lowres_weights), ("sr", sr_weights)):
-            read_description(path or "", stage, WEIGHTS_HINT)
+        describe_cascade(lowres_weights or "", sr_weights, require_sr=True)
         _require_file(segment_weights)
     return items
 

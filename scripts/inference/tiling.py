@@ -1,16 +1,82 @@
-"""Run a denoiser network over overlapping tiles (MONAI ``sliding_window_inference``) to bound memory.
+"""Run a denoiser network over overlapping tiles (MONAI ``sliding_window_inference``) to bound memory, and decide
+when that is needed.
 
 The wrapper has the network's own call signature, so the diffusion denoisers and the sampler use it unchanged:
-``SuperResolutionDenoiser(SlidingWindowNetwork(sr_net, roi_size=(64, -1, -1)), condition)``.
+``SuperResolutionDenoiser(SlidingWindowNetwork(sr_net, roi_size=(64, -1, -1)), condition)``. Tiling is an
+approximation: GroupNorm statistics are taken per tile, so a tiled volume differs from the whole-volume one that the
+official MedSyn code computes. :func:`auto_tile` therefore runs the whole volume whenever the device has room.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Peak memory of one no-grad forward of a MedSynUNet, per voxel: about 8 float32 activations per channel of the first
+# level plus the 8-channel input, the 4-channel output and the sampler's tensors. Measured: the paper super-resolution
+# network (d=56) at 128³ peaks at 3.8 GiB (docs/benchmarks.md), 1830 bytes per voxel against 32 * 56 + 128 = 1920.
+BYTES_PER_VOXEL_PER_WIDTH = 32
+BYTES_PER_VOXEL = 128
+MEMORY_HEADROOM = 0.8  # use at most this share of the free memory
+MIN_SLAB = 16
+
+
+def forward_bytes(network: nn.Module, spatial: Sequence[int]) -> int:
+    """Estimated peak bytes of one no-grad forward of ``network`` (a ``MedSynUNet``) on a (1, C, *spatial) input."""
+    width = int(getattr(network, "config", {}).get("width", 64))
+    voxels = 1
+    for s in spatial:
+        voxels *= int(s)
+    return voxels * (BYTES_PER_VOXEL_PER_WIDTH * width + BYTES_PER_VOXEL)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: CUDA's free memory, or the host's available memory for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def auto_tile(network: nn.Module, spatial: Sequence[int], device: torch.device) -> tuple[int, int, int] | None:
+    """The super-resolution tile for ``spatial`` on ``device``: None (the whole volume, as the official code runs it)
+    when its forward fits in the free memory, else the deepest slab of axial slices (whole H and W) that fits.
+
+    Args:
+        network: the super-resolution network.
+        spatial: (D, H, W) of the volume.
+        device: where it runs.
+    """
+    budget = MEMORY_HEADROOM * free_memory(torch.device(device))
+    if forward_bytes(network, spatial) <= budget:
+        return None
+    depth = int(spatial[0])
+    slab = depth // 2
+    while slab > MIN_SLAB and forward_bytes(network, (slab, *spatial[1:])) > budget:
+        slab //= 2
+    slab = max(slab, min(MIN_SLAB, depth))
+    logger.warning(
+        "the whole %s volume needs about %.1f GiB, more than the %.1f GiB free: super-resolution runs in slabs of %d "
+        "slices (an approximation of the whole-volume result; pass --sr_tile null to force the whole volume)",
+        "x".join(map(str, spatial)),
+        forward_bytes(network, spatial) / 2**30,
+        budget / 2**30,
+        slab,
+    )
+    return (slab, -1, -1)
 
 
 class SlidingWindowNetwork(nn.Module):

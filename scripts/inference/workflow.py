@@ -18,37 +18,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from scripts.conventions import LOWRES_FACTOR, SEGMENTATION_LABELS, combine_labels, lowres_affine, ras_to_network
-from scripts.data.io import ras_affine, write_json, write_nifti, write_text
+from scripts.conventions import LOWRES_FACTOR, SEGMENTATION_LABELS, combine_labels
+from scripts.data.io import write_json, write_nifti, write_text
 from scripts.data.transforms import build_channel_preprocessing
+from scripts.diffusion import ContinuousDDIMScheduler
+from scripts.inference.cascade import load_cascade
 from scripts.inference.pipeline import MedSynPipeline
 from scripts.inference.prompts import Prompt, read_prompts
-from scripts.inference.writer import SYNTHETIC_DESCRIPTION, SampleWriter, decode_sample
-from scripts.networks.weights import load_network
+from scripts.inference.writer import SYNTHETIC_DESCRIPTION, SampleWriter
 
 logger = logging.getLogger(__name__)
 
 FIXED_INPUTS = {"image": "ct", "lobe": "lobe", "airway": "airway", "vessel": "vessel"}  # CLI key → channel
-WEIGHTS_HINT = (
-    "train them with `python -m monai.bundle run training --config_file configs/train.json` (docs/training.md), "
-    "or convert official MedSyn weights with `python -m scripts.convert_official` (large_files.yml), "
-    "and point --lowres_weights / --sr_weights at the .pt files"
+OFFICIAL_TEXT_HINT = (
+    "pass --text_encoder FOLDER: the official MedSyn language model (pretrained_lm from github.com/batmanlab/MedSyn, a "
+    "folder holding its pytorch_model.bin) and, unless CXR-BERT is in the local Hugging Face cache, --text_encoder_base "
+    "DIR (a local copy of microsoft/BiomedVLP-CXR-BERT-specialized); docs/official_weights.md"
 )
-
-
-def model_grid(
-    description: dict[str, Any], spacing: Sequence[float] | None = None
-) -> tuple[tuple[float, float, float], int, str]:
-    """The model grid ``(spacing, size, size_mode)`` of low-res weights, from their description's ``data``.
-
-    Args:
-        description: the low-res weights' JSON description (:func:`scripts.networks.weights.read_description`).
-        spacing: voxel size in mm (x, y, z) to use instead of the training grid's.
-    """
-    data = description.get("data", {})
-    size = int(data.get("size", 64 * LOWRES_FACTOR))
-    size_mode = data.get("size_mode", "pad_crop")
-    return tuple(float(s) for s in (spacing or data.get("spacing") or (1.0, 1.0, 1.0))), size, size_mode
 
 
 @contextmanager
@@ -71,12 +57,15 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
-def _as_tile(value: Any) -> list[int] | None:
-    """``--sr_tile``: a (D, H, W) list, or None / "null" / "none" (the command line gives strings) for no tiling."""
+def _as_tile(value: Any) -> list[int] | str | None:
+    """``--sr_tile``: a (D, H, W) list, None / "null" / "none" (the command line gives strings) for the whole volume,
+    or "auto" (the whole volume when the device has room, else slabs)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "")):
         return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
     if isinstance(value, str) or len(value) != 3:
-        raise ValueError(f"--sr_tile must be three sizes [D, H, W] (-1 = whole axis) or null, got {value!r}")
+        raise ValueError(f"--sr_tile must be three sizes [D, H, W] (-1 = whole axis), null or auto, got {value!r}")
     return [int(v) for v in value]
 
 
@@ -88,15 +77,21 @@ class InferenceRunner:
         sr_weights: stage-2 weights, or None/"" to write the 64³ stage-1 output only.
         output_dir: where samples are written.
         text_encoder: encoder name or folder (None: the one the low-res weights were trained with), or a loaded
-            :class:`~scripts.text.ReportEncoder` to share between runners.
+            :class:`~scripts.text.ReportEncoder` to share between runners. Official weights need the official
+            language-model folder.
         guidance_scale: classifier-free guidance (1 = off).
-        steps_lowres, steps_sr: DDIM steps per stage.
+        steps_lowres, steps_sr: DDIM steps per stage (network evaluations: one more each for official weights).
         spacing: model-grid voxel size in mm; None takes the training grid from the weights' description.
-        sr_tile: super-resolution tile (D, H, W), -1 = whole axis; None runs the whole volume at once.
+        sr_tile: super-resolution tile (D, H, W), -1 = whole axis; None runs the whole volume at once; "auto" the
+            whole volume when the device has room, else slabs (the sidecar records which).
         sr_overlap: tile overlap fraction.
         device: torch device (default CUDA when available).
         overwrite: replace existing sample files.
         progress: progress bars.
+        size_mode: how fixed inputs are put on the model grid instead of the recorded way (``pad_crop``, ``resize``,
+            ``atlas``).
+        text_encoder_base: config and tokenizer of the official language model (default: the base the weights
+            record, CXR-BERT, from the local Hugging Face cache).
     """
 
     def __init__(
@@ -114,6 +109,8 @@ class InferenceRunner:
         device: str | torch.device | None = None,
         overwrite: bool | str = False,
         progress: bool = True,
+        size_mode: str | None = None,
+        text_encoder_base: str | None = None,
     ) -> None:
         # nothing is loaded here: the command line reports loading problems in one line (see run)
         self.lowres_weights, self.sr_weights = lowres_weights, sr_weights or None
@@ -126,25 +123,26 @@ class InferenceRunner:
         self.device = torch.device(device) if device is not None else None
         self.overwrite = _as_bool(overwrite)
         self.progress = progress
+        self.size_mode_override = size_mode or None
+        self.text_encoder_base = text_encoder_base or None
         self._pipeline: MedSynPipeline | None = None
 
     def _load(self) -> None:
-        """Load both networks and derive the model grid from the low-res weights' description."""
-        lowres, self.lowres_info = load_network(self.lowres_weights, "lowres", self.device or "cpu", WEIGHTS_HINT)
-        sr, self.sr_info = None, {}
-        if self.sr_weights:
-            sr, self.sr_info = load_network(self.sr_weights, "sr", "cpu", WEIGHTS_HINT)
+        """Load both networks; the model grid and conventions come from their descriptions (:mod:`.cascade`)."""
+        lowres, sr, described = load_cascade(
+            self.lowres_weights, self.sr_weights, self.device or "cpu", self.spacing_override, self.size_mode_override
+        )
+        self.lowres_info, self.sr_info = described.lowres, described.sr or {}
+        self.conventions, self.grid = described.conventions, described.grid
         self.weights = {"lowres": str(self.lowres_weights), "sr": str(self.sr_weights) if sr is not None else None}
-        self.spacing, self.size, self.size_mode = model_grid(self.lowres_info, self.spacing_override)
-        described = self.lowres_info.get("text_encoder") or "minilm"
         loaded = getattr(self._text_encoder, "model_id", None)
-        self.text_encoder_name = self.text_encoder or loaded or described
+        self.text_encoder_name = self.text_encoder or loaded or self.lowres_info.get("text_encoder", "minilm")
         self.context_dim = self.lowres_info["network"].get("context_dim")
         self._pipeline = MedSynPipeline(
             lowres,
             sr,
             text_encoder=self._encode,
-            lowres_size=(self.size // LOWRES_FACTOR,) * 3,
+            lowres_size=(self.grid.size // LOWRES_FACTOR,) * 3,
             lowres_steps=self.steps_lowres,
             sr_steps=self.steps_sr,
             guidance_scale=self.guidance_scale,
@@ -152,14 +150,20 @@ class InferenceRunner:
             sr_overlap=self.sr_overlap,
             device=self.device,
             progress=self.progress,
+            scheduler=ContinuousDDIMScheduler.for_conventions(self.conventions),
         )
+        extra = int(self.conventions.extra_final_evaluation)
         self.settings = {
             "guidance_scale": self.guidance_scale,
             "steps_lowres": self.steps_lowres,
             "steps_sr": self.steps_sr if sr is not None else None,
-            "sr_tile": self.sr_tile,
+            "network_evaluations": {
+                "lowres": (self.steps_lowres + extra) * (1 if self.guidance_scale in (0.0, 1.0) else 2),
+                "sr": self.steps_sr + extra if sr is not None else None,
+            },
+            "conventions": self.conventions.as_dict(),
         }
-        self._writer = SampleWriter(self.output_dir, self.spacing, overwrite=self.overwrite)
+        self._writer = SampleWriter(self.output_dir, self.conventions, overwrite=self.overwrite)
 
     def _ensure_loaded(self) -> None:
         if self._pipeline is None:
@@ -181,7 +185,14 @@ class InferenceRunner:
         if self._text_encoder is None:
             from scripts.text import ReportEncoder  # loading transformers only when a report is given
 
-            self._text_encoder = ReportEncoder(self.text_encoder_name, device=self.pipeline.device)
+            if self.text_encoder_name is None:
+                raise ValueError(f"{self.lowres_weights} names no text encoder that ships: {OFFICIAL_TEXT_HINT}")
+            self._text_encoder = ReportEncoder.for_weights(
+                self.text_encoder_name,
+                self.lowres_info.get("text_encoder_info"),
+                self.pipeline.device,
+                self.text_encoder_base,
+            )
         if self._text_encoder.hidden_size != self.context_dim:
             raise ValueError(
                 f"text encoder {self.text_encoder_name!r} gives {self._text_encoder.hidden_size}-wide features, "
@@ -201,9 +212,12 @@ class InferenceRunner:
             raise ValueError(f"unknown fixed inputs {unknown}; expected {sorted(FIXED_INPUTS)}")
         if not given:
             return {}, None
-        loader = build_channel_preprocessing(list(given), self.spacing, self.size, self.size_mode)
+        grid = self.grid
+        loader = build_channel_preprocessing(
+            list(given), grid.input_spacing, grid.size, grid.size_mode, self.conventions
+        )
         loaded = loader(given)
-        fixed = {FIXED_INPUTS[key]: ras_to_network(loaded[key][0].as_tensor()) for key in given}
+        fixed = {FIXED_INPUTS[key]: self.conventions.to_network(loaded[key][0].as_tensor()) for key in given}
         affine = loaded[next(iter(given))].affine.numpy()
         return fixed, affine
 
@@ -238,9 +252,9 @@ class InferenceRunner:
         for _, _, sample_id in jobs:  # refuse before spending any compute
             self.writer.check_free(sample_id)
         fixed, affine = self.load_fixed(inputs)
+        affine = affine if affine is not None else self.grid.output_affine
         if self.pipeline.sr_network is None:  # stage 1 only: the 64³ grid, 4x the spacing, over the same field of view
-            full = affine if affine is not None else ras_affine(self.spacing, (self.size,) * 3)
-            affine = lowres_affine(full)
+            affine = self.conventions.lowres_affine(affine)
         written = []
         for index, (p, sample_seed, sample_id) in enumerate(jobs, start=1):
             logger.info(f"sample {index}/{len(jobs)}: {sample_id}")
@@ -251,6 +265,8 @@ class InferenceRunner:
                 "prompt_id": p.id,
                 "seed": sample_seed,
                 **self.settings,
+                "sr_tile": None if output.sr_tile is None else list(output.sr_tile),
+                "sr_whole_volume": output.volume is not None and output.sr_tile is None,
                 "fixed_inputs": {k: str(v) for k, v in inputs.items() if v},
                 "text_encoder": self.text_encoder_name if p.text is not None else None,
                 "weights": self.weights,
@@ -317,4 +333,4 @@ def _combined_label(paths: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
     return combine_labels(np.asarray(lobe.dataobj), airway, vessel), lobe.affine
 
 
-__all__ = ["InferenceRunner", "decode_sample"]
+__all__ = ["InferenceRunner"]

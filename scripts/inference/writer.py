@@ -1,5 +1,8 @@
 """Files of a generated sample: CT and label maps as NIfTI (RAS, true affine), a JSON sidecar, a PNG montage.
 
+The sample arrives in the network layout of its weights' conventions and is decoded with them, so every written
+volume is in RAS whatever the weights (this bundle's or the official MedSyn ones).
+
 ``<id>_ct.nii.gz`` (int16 HU), ``<id>_lobe.nii.gz`` (uint8 0-5), ``<id>_airway.nii.gz``, ``<id>_vessel.nii.gz``
 (uint8 0/1), ``<id>.json`` (how it was made, ``"synthetic": true``) and ``<id>.png``. Every file is written
 atomically; the sidecar is written last, so its presence means the sample is complete. Nothing existing is
@@ -18,8 +21,8 @@ import numpy as np
 import torch
 
 import scripts
-from scripts.conventions import CHANNELS, ct_to_int16_hu, decode_channel, network_to_ras
-from scripts.data.io import OutputExistsError, ras_affine, write_json, write_nifti
+from scripts.conventions import CHANNELS, MEDSYN_MONAI, ModelConventions, ct_to_int16_hu
+from scripts.data.io import OutputExistsError, write_json, write_nifti
 from scripts.visualization import save_montage
 
 logger = logging.getLogger(__name__)
@@ -28,14 +31,19 @@ SYNTHETIC_DESCRIPTION = "synthetic: MedSyn-MONAI generated, not a patient"
 _DTYPES = {"ct": "int16", "lobe": "uint8", "airway": "uint8", "vessel": "uint8"}
 
 
-def decode_sample(volume: torch.Tensor) -> dict[str, np.ndarray]:
-    """(4, D, H, W) network-layout volume in [-1, 1] → RAS (X, Y, Z) arrays: ``ct`` int16 HU and uint8 label maps."""
+def decode_sample(volume: torch.Tensor, conventions: ModelConventions = MEDSYN_MONAI) -> dict[str, np.ndarray]:
+    """(4, D, H, W) network-layout volume → RAS (X, Y, Z) arrays: ``ct`` int16 HU and uint8 label maps.
+
+    Args:
+        volume: the sample in network units and the network layout of ``conventions``.
+        conventions: the conventions of the weights that made it.
+    """
     if volume.ndim != 4 or volume.shape[0] != len(CHANNELS):
         raise ValueError(f"expected a (4, D, H, W) volume, got shape {tuple(volume.shape)}")
-    ras = network_to_ras(volume.detach().float().cpu().numpy())
+    ras = conventions.to_ras(volume.detach().float().cpu().numpy())
     out = {"ct": ct_to_int16_hu(ras[0])}
     for i, name in enumerate(CHANNELS[1:], start=1):
-        out[name] = decode_channel(name, ras[i])
+        out[name] = conventions.decode(name, ras[i])
     return {name: np.ascontiguousarray(array) for name, array in out.items()}
 
 
@@ -44,7 +52,7 @@ class SampleWriter:
 
     Args:
         output_dir: folder for the files (created when missing).
-        spacing: voxel size (x, y, z) in mm of the model grid, used when no input grid gives the affine.
+        conventions: the conventions of the weights whose samples are written (layout and mask decoding).
         overwrite: replace existing files of the same sample id.
         png: also write the montage.
     """
@@ -52,12 +60,12 @@ class SampleWriter:
     def __init__(
         self,
         output_dir: str | os.PathLike,
-        spacing: tuple[float, float, float],
+        conventions: ModelConventions = MEDSYN_MONAI,
         overwrite: bool = False,
         png: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
-        self.spacing = tuple(float(s) for s in spacing)
+        self.conventions = conventions
         self.overwrite = overwrite
         self.png = png
 
@@ -83,20 +91,20 @@ class SampleWriter:
         sample_id: str,
         volume: torch.Tensor,
         metadata: dict[str, Any],
-        affine: np.ndarray | None = None,
+        affine: np.ndarray,
     ) -> dict[str, Path]:
         """Decode and write one sample; returns the written paths.
 
         Args:
             sample_id: file name stem.
-            volume: (4, D, H, W) network-layout volume in [-1, 1].
+            volume: (4, D, H, W) network-layout volume in network units.
             metadata: fields for the sidecar (prompt, seed, guidance, steps, weights, ...).
-            affine: RAS affine of the model grid (from fixed inputs); default centred with ``spacing``.
+            affine: RAS affine of the sample's grid (of fixed inputs, or the model grid's).
         """
         self.check_free(sample_id)
-        arrays = decode_sample(volume)
+        arrays = decode_sample(volume, self.conventions)
         shape = arrays["ct"].shape
-        affine = ras_affine(self.spacing, shape) if affine is None else np.asarray(affine, dtype=np.float64)
+        affine = np.asarray(affine, dtype=np.float64)
         paths = self.paths(sample_id)
         for name in CHANNELS:
             write_nifti(paths[name], arrays[name], affine, _DTYPES[name], self.overwrite, SYNTHETIC_DESCRIPTION)
@@ -117,6 +125,7 @@ class SampleWriter:
             "shape": list(shape),
             "spacing_mm": spacing,
             "orientation": "RAS",
+            "conventions": self.conventions.name,
             "files": {key: p.name for key, p in paths.items() if key != "json"},
             "bundle_version": scripts.__version__,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

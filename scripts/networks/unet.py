@@ -57,7 +57,11 @@ class EncoderLevel(Checkpointable):
 
 class DecoderLevel(Checkpointable):
     """Concatenate the skip, ResBlock(2·out→in), double H and W (all but the last level), ResBlock(in), volumetric
-    ResBlock(in). This is the order used in training; the official inference scripts upsample last instead.
+    ResBlock(in): the order of the official training scripts (``src/train_low_res.py:576-581``).
+
+    With ``upsample_last`` the level doubles H and W after its three blocks instead, as the official *inference*
+    scripts do (``src/eval_low_res_given_prompt.py:576-581``, ``src/eval_super_res.py:553-560``): the same
+    parameters, another function (docs/official_weights.md).
 
     Args:
         in_channels: channels the level returns (the encoder level's input width).
@@ -65,20 +69,32 @@ class DecoderLevel(Checkpointable):
         time_dim: width of the time embedding.
         groups: GroupNorm groups.
         upsample: False for the shallowest level.
+        upsample_last: upsample after the last block (official inference order) instead of after the first.
 
     Shapes: x and skip (B, out, D, H, W) → (B, in, D, H', W'), H' = 2H when upsampling.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, time_dim: int, groups: int, upsample: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        time_dim: int,
+        groups: int,
+        upsample: bool,
+        upsample_last: bool = False,
+    ) -> None:
         super().__init__()
         self.res1 = ResBlock(2 * out_channels, in_channels, time_dim, groups)
         self.up = upsample_hw(in_channels) if upsample else nn.Identity()
         self.res2 = ResBlock(in_channels, in_channels, time_dim, groups)
         self.res3d = ResBlock(in_channels, in_channels, time_dim, groups, volumetric=True)
+        self.upsample_last = upsample_last
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
-        x = self.up(self.res1(torch.cat((x, skip), dim=1), time_emb))
-        return self.res3d(self.res2(x, time_emb), time_emb)
+        x = self.res1(torch.cat((x, skip), dim=1), time_emb)
+        if self.upsample_last:
+            return self.up(self.res3d(self.res2(x, time_emb), time_emb))
+        return self.res3d(self.res2(self.up(x), time_emb), time_emb)
 
 
 @torch.jit.interface
@@ -199,6 +215,8 @@ class MedSynUNet(nn.Module):
         norm_groups: GroupNorm groups (must divide every width).
         bottleneck_depth: bottleneck units; None → 4 with text, 1 without (MedSyn's two models).
         stem_kernel: odd kernel size of the cubic stem convolution (MedSyn: 7).
+        decoder_upsample_last: each decoder level upsamples after its last block, the order of the official inference
+            scripts, instead of after its first (the training order, default). See :class:`DecoderLevel`.
         use_checkpointing: recompute each level / bottleneck unit in the backward pass to save memory.
 
     Forward: see :meth:`forward`. ``forward`` is TorchScript-compatible (``torch.jit.script``) and exports with
@@ -221,6 +239,7 @@ class MedSynUNet(nn.Module):
         norm_groups: int = 8,
         bottleneck_depth: int | None = None,
         stem_kernel: int = 7,
+        decoder_upsample_last: bool = False,
         use_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -249,6 +268,7 @@ class MedSynUNet(nn.Module):
             norm_groups=norm_groups,
             bottleneck_depth=bottleneck_depth,
             stem_kernel=stem_kernel,
+            decoder_upsample_last=bool(decoder_upsample_last),
         )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.context_dim, self.text_tokens = context_dim, text_tokens
@@ -270,7 +290,7 @@ class MedSynUNet(nn.Module):
             widths[-1], time_dim, norm_groups, context_dim, attn_heads, attn_head_dim, bottleneck_depth
         )
         self.decoder = nn.ModuleList(
-            DecoderLevel(cin, cout, time_dim, norm_groups, upsample=i < last)
+            DecoderLevel(cin, cout, time_dim, norm_groups, upsample=i < last, upsample_last=bool(decoder_upsample_last))
             for i, (cin, cout) in enumerate(reversed(level_io))
         )
         self.head = OutputHead(width, out_channels, norm_groups)

@@ -9,6 +9,7 @@ keeps the ``.pt`` file loadable with ``torch.load(weights_only=True)`` by any to
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -58,6 +59,17 @@ def save_network(
         torch.save(state, tmp)
     write_json(description_path(path), info, overwrite=True)
     return path
+
+
+def described_network(info: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`MedSynUNet` arguments a description records, with the defaults of arguments added after it was
+    written (so two descriptions of one layout compare equal)."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(MedSynUNet.__init__).parameters.items()
+        if name not in ("self", "use_checkpointing") and parameter.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **info["network"]}
 
 
 def read_description(path: str | os.PathLike, stage: str | None = None, hint: str = "") -> dict[str, Any]:

@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--max_tokens", type=int, default=TEXT_TOKENS, help="token states kept per report")
     encode.add_argument("--context_tokens", type=int, default=None, help="tokens read per report (default max_tokens)")
     encode.add_argument("--max_positions", type=int, default=None, help="extend position embeddings (CXR-BERT: 2048)")
+    encode.add_argument(
+        "--text_input", default="sections", choices=("sections", "raw"), help="raw: reports as given (official MedSyn)"
+    )
+    encode.add_argument("--base_model", default=None, help="config and tokenizer of the official language model")
     encode.add_argument("--batch_size", type=int, default=16)
     encode.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     encode.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored precision")
@@ -57,6 +61,8 @@ def encode(args: argparse.Namespace) -> dict:
         max_positions=args.max_positions,
         device=args.device,
         batch_size=args.batch_size,
+        text_input=args.text_input,
+        **({"base_model": args.base_model} if args.base_model else {}),
     )
     cache = EmbeddingCache(args.out, encoder, dtype=args.dtype)
     start = time.perf_counter()

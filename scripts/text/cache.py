@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from pathlib import Path
@@ -23,8 +24,7 @@ from typing import Sequence
 import torch
 
 from scripts.data.io import atomic_path, write_json
-from scripts.text.encoder import ReportEncoder
-from scripts.text.reports import encoding_text
+from scripts.text.encoder import ReportEncoder, prepare_text
 
 __all__ = ["EmbeddingCache", "cache_key", "text_hash"]
 
@@ -41,7 +41,8 @@ def text_hash(text: str) -> str:
 def cache_key(encoder: ReportEncoder) -> str:
     """Folder name for one encoder's embeddings: model id and token settings, filesystem-safe."""
     model = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder.model_id)
-    return f"{model}_t{encoder.max_tokens}_c{encoder.context_tokens}"
+    raw = "_raw" if encoder.text_input == "raw" else ""  # reports tokenised as given (official MedSyn encoder)
+    return f"{model}_t{encoder.max_tokens}_c{encoder.context_tokens}{raw}"
 
 
 class EmbeddingCache:
@@ -70,12 +71,20 @@ class EmbeddingCache:
         self.key = key if key is not None else cache_key(encoder)
         self.dtype = _DTYPES[dtype]
         self.folder = Path(cache_dir) / self.key
+        self.text_input = encoder.text_input if encoder is not None else self._recorded_text_input()
         self.hits = 0
         self.misses = 0
 
+    def _recorded_text_input(self) -> str:
+        """How the reports of an existing cache were prepared (its ``meta.json``; ``sections`` when absent)."""
+        try:
+            return json.loads((self.folder / "meta.json").read_text(encoding="utf-8")).get("text_input", "sections")
+        except (OSError, ValueError):
+            return "sections"
+
     def path_for(self, text: str | bytes) -> Path:
         """File that holds (or will hold) the embedding of a raw report."""
-        return self.folder / f"{text_hash(encoding_text(text))}.pt"
+        return self.folder / f"{text_hash(prepare_text(text, self.text_input))}.pt"
 
     def _load(self, path: Path) -> torch.Tensor | None:
         try:
@@ -95,6 +104,7 @@ class EmbeddingCache:
             "hidden_size": self.encoder.hidden_size,
             "max_tokens": self.encoder.max_tokens,
             "context_tokens": self.encoder.context_tokens,
+            "text_input": self.encoder.text_input,
             "dtype": str(self.dtype).replace("torch.", ""),
         }
         write_json(meta, info, overwrite=True)
@@ -114,7 +124,7 @@ class EmbeddingCache:
         """
         if isinstance(texts, (str, bytes)):
             texts = [texts]
-        cleaned = [encoding_text(text) for text in texts]
+        cleaned = [prepare_text(text, self.text_input) for text in texts]
         paths = [self.folder / f"{text_hash(text)}.pt" for text in cleaned]
         found: dict[Path, torch.Tensor] = {}
         for path in dict.fromkeys(paths):

@@ -1,5 +1,9 @@
 """Report → token features for the diffusion model: a BERT's last hidden layer, first 192 tokens, padding included.
 
+Two ways to prepare a report (``text_input``): ``sections`` (this bundle's weights: cleaned Findings + Impression,
+:func:`scripts.text.reports.encoding_text`) and ``raw`` (the official MedSyn weights: the report exactly as given, as
+``src/extract_text_feature.py`` tokenises its ``--prompt``).
+
 Example::
 
     encoder = ReportEncoder("minilm")                      # offline default, hidden 384
@@ -17,10 +21,30 @@ import torch
 from torch import nn
 
 from scripts.conventions import TEXT_TOKENS
-from scripts.text.backends import MINILM, load_bert, load_tokenizer, resolve_model
-from scripts.text.reports import encoding_text
+from scripts.text.backends import CXR_BERT, MINILM, load_bert, load_tokenizer, resolve_model
+from scripts.text.reports import ReportError, encoding_text, normalise_text
 
-__all__ = ["ReportEncoder"]
+__all__ = ["ReportEncoder", "TEXT_INPUTS", "prepare_text"]
+
+TEXT_INPUTS = ("sections", "raw")
+
+
+def prepare_text(text: str | bytes, text_input: str = "sections") -> str:
+    """The text a report is tokenised as: cleaned Findings + Impression (``sections``) or the report as given
+    (``raw``, bytes decoded as UTF-8).
+
+    Raises:
+        ReportError: for a report that is empty (after cleaning).
+    """
+    if text_input == "sections":
+        return encoding_text(text)
+    if text_input != "raw":
+        raise ValueError(f"text_input must be one of {TEXT_INPUTS}, got {text_input!r}")
+    raw = bytes(text).decode("utf-8", errors="replace") if isinstance(text, (bytes, bytearray)) else text
+    if not isinstance(raw, str) or not normalise_text(raw):
+        raise ReportError("the report is empty; give the report text")
+    return raw
+
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +70,9 @@ class ReportEncoder:
             (``extend_position_embeddings``); needed for a ``context_tokens`` above the model's 512.
         device: torch device; default CUDA when available, else CPU.
         batch_size: reports per forward pass.
+        text_input: ``sections`` (default) or ``raw``: see :func:`prepare_text`.
+        base_model: config and tokenizer of a bare state dict (the official MedSyn language model); default CXR-BERT
+            (a folder, or the Hugging Face id in the local cache).
     """
 
     def __init__(
@@ -56,11 +83,42 @@ class ReportEncoder:
         max_positions: int | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 16,
+        text_input: str = "sections",
+        base_model: str | Path = CXR_BERT,
     ) -> None:
-        resolved = resolve_model(model)
-        network = load_bert(resolved.path, max_positions=max_positions)
-        tokenizer = load_tokenizer(resolved.path)
-        self._setup(network, tokenizer, resolved.model_id, max_tokens, context_tokens, device, batch_size)
+        resolved = resolve_model(model, base_model)
+        network = load_bert(resolved, max_positions=max_positions)
+        tokenizer = load_tokenizer(resolved)
+        self._setup(network, tokenizer, resolved.model_id, max_tokens, context_tokens, device, batch_size, text_input)
+
+    @classmethod
+    def for_weights(
+        cls,
+        model: str | Path,
+        info: dict | None,
+        device: str | torch.device | None = None,
+        base_model: str | Path | None = None,
+    ) -> ReportEncoder:
+        """The encoder with the settings the low-res weights were trained with (their description's
+        ``text_encoder_info``: ``max_tokens``, ``context_tokens``, ``text_input``, ``base_model``).
+
+        Args:
+            model: the encoder (``"minilm"``, a folder, a cached id, the official language-model folder).
+            info: the description's ``text_encoder_info`` (None: this bundle's defaults, 192 tokens, sections).
+            device: torch device.
+            base_model: overrides the recorded base model (config and tokenizer of a bare state dict).
+        """
+        info = dict(info or {})
+        context = info.get("context_tokens")
+        return cls(
+            model,
+            max_tokens=int(info.get("max_tokens", TEXT_TOKENS)),
+            context_tokens=context,
+            max_positions=context,
+            device=device,
+            text_input=info.get("text_input", "sections"),
+            base_model=base_model or info.get("base_model") or CXR_BERT,
+        )
 
     @classmethod
     def from_modules(
@@ -72,6 +130,7 @@ class ReportEncoder:
         context_tokens: int | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 16,
+        text_input: str = "sections",
     ) -> ReportEncoder:
         """Wrap an already loaded model and tokenizer (tests, models built in memory).
 
@@ -79,13 +138,15 @@ class ReportEncoder:
             network: a ``transformers`` model returning ``last_hidden_state``.
             tokenizer: its tokenizer.
             model_id: name used in caches and logs.
-            max_tokens, context_tokens, device, batch_size: as in the constructor.
+            max_tokens, context_tokens, device, batch_size, text_input: as in the constructor.
         """
         encoder = cls.__new__(cls)
-        encoder._setup(network, tokenizer, model_id, max_tokens, context_tokens, device, batch_size)
+        encoder._setup(network, tokenizer, model_id, max_tokens, context_tokens, device, batch_size, text_input)
         return encoder
 
-    def _setup(self, network, tokenizer, model_id, max_tokens, context_tokens, device, batch_size) -> None:
+    def _setup(self, network, tokenizer, model_id, max_tokens, context_tokens, device, batch_size, text_input) -> None:
+        if text_input not in TEXT_INPUTS:
+            raise ValueError(f"text_input must be one of {TEXT_INPUTS}, got {text_input!r}")
         context_tokens = max_tokens if context_tokens is None else context_tokens
         positions = int(network.config.max_position_embeddings)
         if max_tokens < 2 or context_tokens < max_tokens:
@@ -108,20 +169,21 @@ class ReportEncoder:
         self.context_tokens = int(context_tokens)
         self.batch_size = int(batch_size)
         self.hidden_size = int(network.config.hidden_size)
+        self.text_input = text_input
 
     def prepare(self, texts: Sequence[str | bytes]) -> list[str]:
-        """Clean each report to the text that is tokenised (and that cache keys are made from).
+        """Each report as the text that is tokenised (and that cache keys are made from): :func:`prepare_text`.
 
         Args:
             texts: raw reports.
 
         Returns:
-            cleaned Findings + Impression texts (:func:`scripts.text.reports.encoding_text`).
+            cleaned Findings + Impression texts, or the reports as given (``text_input="raw"``).
 
         Raises:
             ReportError: for an empty report.
         """
-        return [encoding_text(text) for text in texts]
+        return [prepare_text(text, self.text_input) for text in texts]
 
     def _warn_truncated(self, texts: Sequence[str]) -> None:
         counted = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
@@ -186,5 +248,6 @@ class ReportEncoder:
     def __repr__(self) -> str:
         return (
             f"ReportEncoder(model_id={self.model_id!r}, hidden_size={self.hidden_size}, "
-            f"max_tokens={self.max_tokens}, context_tokens={self.context_tokens}, device={str(self.device)!r})"
+            f"max_tokens={self.max_tokens}, context_tokens={self.context_tokens}, text_input={self.text_input!r}, "
+            f"device={str(self.device)!r})"
         )
