@@ -1,48 +1,54 @@
-"""Official MedSyn checkpoints: key mapping against the official key lists, numerical agreement with the official
-forward pass (reference fixtures), all-or-nothing loading, and the conversion CLI."""
+"""Official MedSyn checkpoints → this bundle's weights: the key mapping against the official key lists, one network
+evaluation against the official network classes, every key an official checkpoint can hold, which weights file is
+read, all-or-nothing loading and the conversion command.
+
+The fixtures in tests/data/official were made by running the official code (tests/data/official/make_fixtures.py):
+tiny checkpoints saved by accelerate exactly as the official Trainer saves them (with the schedule buffers of the
+first training scripts), and the official networks' outputs.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from scripts import convert_official
+from scripts.conventions import MEDSYN_OFFICIAL, atlas_grid_affine
 from scripts.networks import (
     OfficialCheckpointError,
     build_network,
     convert_official_state_dict,
+    drop_schedule_buffers,
     from_official_state_dict,
     infer_official_kwargs,
+    load_network,
     official_key_map,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(os.environ.get("MEDSYN_REFERENCE_DIR", REPO.parent / "shared/reference/medsyn_official"))
-TINY_OFFICIAL = dict(dim=8, cond_dim=32, dim_mults=(1, 2, 4, 8), channels=4, attn_heads=2, resnet_groups=8)
-
+OFFICIAL = Path(__file__).resolve().parent / "data" / "official"
+CHECKPOINTS = OFFICIAL / "checkpoints"
+FILES = {"lowres": "pytorch_model_1.bin", "sr": "pytorch_model.bin"}  # what the official sampling scripts read
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _reference(name: str) -> Path:
-    path = REFERENCE_DIR / name
-    if not path.exists():
-        pytest.fail(f"{path} missing: set MEDSYN_REFERENCE_DIR to the folder holding the MedSyn reference files")
-    return path
+@pytest.fixture(scope="module")
+def expected() -> dict:
+    return torch.load(OFFICIAL / "expected.pt", weights_only=True)
 
 
-def _fixture(stage: str) -> dict:
-    return torch.load(_reference(f"{stage}_fixture.pt"), weights_only=True)
+def _state(stage: str, name: str | None = None) -> dict[str, torch.Tensor]:
+    return torch.load(CHECKPOINTS / stage / "1_ckpt" / (name or FILES[stage]), weights_only=True)
 
 
 def _official_keys(stage: str) -> dict[str, tuple[int, ...]]:
-    rows = _reference(f"{stage}_state_dict.tsv").read_text().splitlines()
     keys = {}
-    for row in rows:
+    for row in (OFFICIAL / f"{stage}_state_dict.tsv").read_text().splitlines():
         key, shape, numel = row.split("\t")
         dims = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
         assert torch.Size(dims).numel() == int(numel)
@@ -50,13 +56,8 @@ def _official_keys(stage: str) -> dict[str, tuple[int, ...]]:
     return keys
 
 
-@pytest.fixture(scope="module")
-def lowres_fixture() -> dict:
-    return _fixture("lowres")
-
-
-def _tiny_official_state_dict(lowres_fixture) -> dict[str, torch.Tensor]:
-    return dict(lowres_fixture["state_dict"])
+def _kwargs(stage: str) -> dict:
+    return infer_official_kwargs(drop_schedule_buffers(_state(stage))[0], stage)
 
 
 # --- the official layout --------------------------------------------------------------------------------------
@@ -78,179 +79,194 @@ def test_every_official_key_maps_to_a_paper_parameter_of_the_same_shape(stage, p
         assert len(mapping["bottleneck.self_attn.to_qkv.weight"]) == 4
 
 
-@pytest.mark.parametrize("stage", ["lowres", "sr"])
-def test_reproduces_the_official_forward(stage):
-    fixture = _fixture(stage)
-    net = from_official_state_dict(fixture["state_dict"], stage, **fixture["config"]).eval()
-    inputs = fixture["inputs"]
-    context = inputs["cond"] if stage == "lowres" else None
-    with torch.no_grad():
-        out = net(inputs["x"], inputs["time"], context)
-        torch.testing.assert_close(out, fixture["output"], atol=1e-4, rtol=0)
-        if stage == "lowres":
-            null = net(inputs["x"], inputs["time"], None)
-            torch.testing.assert_close(null, fixture["extra_outputs"]["output_null_cond"], atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("stage", ["lowres", "sr"])
-def test_layout_is_inferred_from_tensor_shapes(stage):
-    fixture = _fixture(stage)
-    inferred = infer_official_kwargs(fixture["state_dict"], stage)
-    config = fixture["config"]
-    for name in ("dim", "channels", "attn_heads", "resnet_groups"):
-        assert inferred[name] == config[name], name
-    assert list(inferred["dim_mults"]) == list(config["dim_mults"])
-    if stage == "lowres":
-        assert inferred["cond_dim"] == config["cond_dim"]
-
-
 @pytest.mark.parametrize(
-    "stage, expected",
+    "stage, expected_kwargs",
     [
         ("lowres", dict(dim=160, cond_dim=768, dim_mults=(1, 2, 4, 8), channels=4, attn_heads=8)),
         ("sr", dict(dim=56, dim_mults=(1, 2, 4, 8), channels=4, attn_heads=4)),
     ],
 )
-def test_paper_layout_is_inferred_from_the_official_key_lists(stage, expected):
+def test_paper_layout_is_inferred_from_the_official_key_lists(stage, expected_kwargs):
     shapes_only = {f"denoise_fn.{k}": torch.empty(shape, device="meta") for k, shape in _official_keys(stage).items()}
     inferred = infer_official_kwargs(shapes_only, stage)
-    assert {k: inferred[k] for k in expected} == expected
+    assert {k: inferred[k] for k in expected_kwargs} == expected_kwargs
 
 
-def test_wrong_stage_is_named(lowres_fixture):
+@pytest.mark.parametrize("stage", ["lowres", "sr"])
+@pytest.mark.parametrize("order", ["training", "inference"])
+def test_one_network_evaluation_reproduces_the_official_class(stage, order, expected):
+    """Official ``Unet3D`` of src/train_*.py (training order) and src/eval_*.py (inference order), same weights."""
+    net = from_official_state_dict(
+        drop_schedule_buffers(_state(stage))[0], stage, decoder_upsample_last=order == "inference", **_kwargs(stage)
+    ).eval()
+    inputs = expected["forward"]["inputs"][stage]
+    reference = expected["forward"]["outputs"][f"{stage}_{order}"]
+    context = inputs["cond"] if stage == "lowres" else None
+    with torch.no_grad():
+        torch.testing.assert_close(net(inputs["x"], inputs["time"], context), reference["output"], atol=1e-4, rtol=0)
+        if stage == "lowres":
+            null = net(inputs["x"], inputs["time"], None)  # the learned null text of classifier-free guidance
+            torch.testing.assert_close(null, reference["output_null_cond"], atol=1e-4, rtol=0)
+
+
+def test_the_two_decoder_orders_are_different_functions_of_the_same_weights(expected):
+    outputs = expected["forward"]["outputs"]
+    assert (outputs["lowres_training"]["output"] - outputs["lowres_inference"]["output"]).abs().max() > 0.05
+
+
+def test_wrong_stage_is_named():
     with pytest.raises(OfficialCheckpointError, match="use stage 'lowres'"):
-        infer_official_kwargs(lowres_fixture["state_dict"], "sr")
+        infer_official_kwargs(_state("lowres"), "sr")
 
 
-# --- all-or-nothing loading -----------------------------------------------------------------------------------
+# --- what an official checkpoint holds ----------------------------------------------------------------------------
 
 
-def test_prefixes_are_stripped(lowres_fixture):
-    plain = {k.removeprefix("denoise_fn."): v for k, v in lowres_fixture["state_dict"].items()}
-    multi_gpu = {f"module.denoise_fn.{k}": v for k, v in plain.items()}
-    a = from_official_state_dict(plain, "lowres", **TINY_OFFICIAL)
-    b = from_official_state_dict(multi_gpu, "lowres", **TINY_OFFICIAL)
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(pa, pb), name
+def test_checkpoint_holds_schedule_buffers_and_they_are_dropped():
+    state = _state("lowres")
+    assert "betas" in state and "ddim_alphas_prev" in state  # saved by the official GaussianDiffusion
+    network, dropped = drop_schedule_buffers(state)
+    assert "betas" in dropped and len(dropped) == 17
+    assert all(k not in network for k in dropped)
 
 
-def test_truncated_state_dict_lists_missing_keys(lowres_fixture):
-    sd = _tiny_official_state_dict(lowres_fixture)
-    del sd["denoise_fn.mid_block2.block1.proj.weight"], sd["denoise_fn.ups.1.3.bias"]
-    with pytest.raises(OfficialCheckpointError, match=r"missing \(2\): mid_block2.block1.proj.weight, ups.1.3.bias"):
-        from_official_state_dict(sd, "lowres", **TINY_OFFICIAL)
+def _converted(state: dict[str, torch.Tensor], stage: str = "lowres") -> dict[str, torch.Tensor]:
+    network = from_official_state_dict(drop_schedule_buffers(state)[0], stage, **_kwargs(stage))
+    return network.state_dict()
 
 
-def test_renamed_key_is_listed_as_unexpected_and_missing(lowres_fixture):
-    sd = _tiny_official_state_dict(lowres_fixture)
-    sd["denoise_fn.mid_block1.mlp.2.weight"] = sd.pop("denoise_fn.mid_block1.mlp.1.weight")
+@pytest.mark.parametrize("prefix", ["module.", "module.ema_model.", "_orig_mod.", "ema."])
+def test_wrapper_prefixes_are_stripped(prefix):
+    plain = _converted(_state("lowres"))
+    wrapped = _converted({f"{prefix}{k}": v for k, v in _state("lowres").items()})
+    assert all(torch.equal(plain[k], wrapped[k]) for k in plain)
+
+
+def test_truncated_state_dict_lists_missing_keys():
+    state = _state("lowres")
+    del state["denoise_fn.mid_block2.block1.proj.weight"], state["denoise_fn.ups.0.3.bias"]
+    with pytest.raises(OfficialCheckpointError, match=r"missing \(2\): mid_block2.block1.proj.weight, ups.0.3.bias"):
+        _converted(state)
+
+
+def test_renamed_or_unknown_keys_are_unexpected():
+    state = _state("lowres")
+    state["denoise_fn.mid_block1.mlp.2.weight"] = state.pop("denoise_fn.mid_block1.mlp.1.weight")
+    state["step_counter"] = torch.zeros(1)  # not a schedule buffer: never dropped silently
     with pytest.raises(OfficialCheckpointError) as err:
-        from_official_state_dict(sd, "lowres", **TINY_OFFICIAL)
+        _converted(state)
     assert "missing (1): mid_block1.mlp.1.weight" in str(err.value)
-    assert "unexpected (1): mid_block1.mlp.2.weight" in str(err.value)
+    assert "unexpected (2): mid_block1.mlp.2.weight, step_counter" in str(err.value)
 
 
-def test_wrong_shape_is_listed(lowres_fixture):
-    sd = _tiny_official_state_dict(lowres_fixture)
-    sd["denoise_fn.null_cond_emb"] = torch.zeros(1, 192, 16)
+def test_wrong_shape_and_untied_attention_are_listed():
+    state = _state("lowres")
+    state["denoise_fn.null_cond_emb"] = torch.zeros(1, 192, 16)
     with pytest.raises(OfficialCheckpointError, match=r"wrong shape \(1\): null_cond_emb: checkpoint \(1, 192, 16\)"):
-        from_official_state_dict(sd, "lowres", **TINY_OFFICIAL)
-
-
-def test_shared_attention_copies_must_be_equal(lowres_fixture):
-    sd = _tiny_official_state_dict(lowres_fixture)
+        _converted(state)
+    state = _state("lowres")
     key = "denoise_fn.mid_spatial_attn3.fn.fn.fn.to_out.weight"
-    sd[key] = sd[key] + 1.0
+    state[key] = state[key] + 1.0
     with pytest.raises(OfficialCheckpointError, match="not tied"):
-        from_official_state_dict(sd, "lowres", **TINY_OFFICIAL)
+        _converted(state)
 
 
-def test_failed_conversion_loads_nothing(lowres_fixture):
+def test_failed_conversion_loads_nothing():
     net = build_network("tiny", "lowres")
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    sd = _tiny_official_state_dict(lowres_fixture)
-    del sd["denoise_fn.init_conv.bias"]
+    state = drop_schedule_buffers(_state("lowres"))[0]
+    del state["init_conv.bias"]
     with pytest.raises(OfficialCheckpointError):
-        net.load_state_dict(convert_official_state_dict(sd, net, "lowres"))
+        net.load_state_dict(convert_official_state_dict(state, net, "lowres"))
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
-def test_unknown_official_argument_is_refused(lowres_fixture):
+def test_unknown_official_argument_is_refused():
     with pytest.raises(TypeError, match="dim_multz"):
-        from_official_state_dict(lowres_fixture["state_dict"], "lowres", dim=8, cond_dim=32, dim_multz=(1, 2))
+        from_official_state_dict(_state("lowres"), "lowres", dim=8, cond_dim=32, dim_multz=(1, 2))
 
 
-# --- command line ---------------------------------------------------------------------------------------------
+# --- which file, and the command line -------------------------------------------------------------------------------
 
 
-def _accelerate_folder(tmp_path: Path, lowres_fixture) -> Path:
-    """A fake accelerate checkpoint: live weights = EMA weights + 1, so the file used can be told apart."""
-    folder = tmp_path / "checkpoint-1000"
+@pytest.mark.parametrize(
+    "stage, kind, name", [("lowres", "ema", "pytorch_model_1.bin"), ("sr", "live", "pytorch_model.bin")]
+)
+def test_default_weights_are_those_the_official_sampling_script_loads(stage, kind, name):
+    """The results folder is read as Trainer.load(-1) reads it: the highest <n>_ckpt."""
+    path, chosen = convert_official.resolve_checkpoint(CHECKPOINTS / stage, stage)
+    assert (path.parent.name, path.name, chosen) == ("1_ckpt", name, kind)
+    other = "live" if kind == "ema" else "ema"
+    assert convert_official.resolve_checkpoint(CHECKPOINTS / stage, stage, other)[1] == other
+
+
+def test_newest_numbered_checkpoint_is_taken(tmp_path):
+    for n in (2, 10, 9):
+        shutil.copytree(CHECKPOINTS / "sr" / "1_ckpt", tmp_path / f"{n}_ckpt")
+    assert convert_official.newest_checkpoint_folder(tmp_path).name == "10_ckpt"  # numerically, as the official
+
+
+def test_missing_ema_file_names_the_choice(tmp_path):
+    folder = tmp_path / "1_ckpt"
+    shutil.copytree(CHECKPOINTS / "lowres" / "1_ckpt", folder)
+    (folder / "pytorch_model_1.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="--weights live"):
+        convert_official.resolve_checkpoint(tmp_path, "lowres")
+
+
+def test_safetensors_checkpoints_convert_to_the_same_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "1_ckpt"
     folder.mkdir()
-    ema = {f"module.{k}": v for k, v in lowres_fixture["state_dict"].items()}
-    torch.save(ema, folder / "pytorch_model_1.bin")
-    torch.save({k: v + 1 for k, v in ema.items()}, folder / "pytorch_model.bin")
-    return folder
+    # newer accelerate's name for the EMA model; it keeps one name per shared tensor (the attention of the 4 units)
+    state = {k: v for k, v in _state("lowres").items() if not re.match(r"denoise_fn.mid_spatial_attn[234].fn.fn.fn", k)}
+    save_file(state, str(folder / "model_1.safetensors"))
+    path, kind = convert_official.resolve_checkpoint(tmp_path, "lowres")
+    assert (path.name, kind) == ("model_1.safetensors", "ema")
+    plain, loaded = _converted(_state("lowres")), _converted(convert_official.load_state_dict(path))
+    assert all(torch.equal(plain[k], loaded[k]) for k in plain)
 
 
-def test_cli_round_trip_prefers_ema_and_refuses_overwrite(tmp_path, lowres_fixture, capsys):
-    folder = _accelerate_folder(tmp_path, lowres_fixture)
+def test_cli_writes_the_official_conventions_and_refuses_overwrite(tmp_path, capsys):
     out = tmp_path / "converted" / "lowres.pt"
-    args = ["--checkpoint", str(folder), "--stage", "lowres", "--out", str(out)]
+    args = ["--checkpoint", str(CHECKPOINTS / "lowres"), "--stage", "lowres", "--out", str(out), "--size", "32"]
     assert convert_official.main(args) == 0
-    assert "EMA weights" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "read ema weights" in printed and "17 schedule buffers dropped" in printed
 
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["ema"] and meta["source"].endswith("pytorch_model_1.bin")
-    net = build_network("tiny", "lowres")  # the same layout as the fixture
-    assert meta["stage"] == "lowres" and meta["network"] == net.config
-    net.load_state_dict(torch.load(out, weights_only=True))  # a plain state dict with our keys
-    inputs = lowres_fixture["inputs"]
-    with torch.no_grad():
-        out_ours = net.eval()(inputs["x"], inputs["time"], inputs["cond"])
-    torch.testing.assert_close(out_ours, lowres_fixture["output"], atol=1e-4, rtol=0)
+    assert meta["weights"] == "ema" and meta["source"].endswith("1_ckpt/pytorch_model_1.bin")
+    assert meta["conventions"] == MEDSYN_OFFICIAL.as_dict() and meta["decoder_order"] == "training"
+    assert meta["data"]["size"] == 32 and meta["data"]["size_mode"] == "atlas"
+    assert meta["data"]["affine"] == atlas_grid_affine(32).tolist()
+    assert meta["text_encoder"] is None and meta["text_encoder_info"]["context_tokens"] == 2048
+    assert meta["text_encoder_info"]["text_input"] == "raw" and meta["text_encoder_info"]["hidden_size"] == 32
+    net, info = load_network(out, "lowres")  # a plain state dict with our keys, loaded strictly
+    assert info["network"]["decoder_upsample_last"] is False
 
     first = out.read_bytes()
     assert convert_official.main(args) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert out.read_bytes() == first
-    assert convert_official.main(args + ["--overwrite"]) == 0
-    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_cli_reads_live_weights_when_no_ema(tmp_path, lowres_fixture, capsys):
-    folder = _accelerate_folder(tmp_path, lowres_fixture)
-    (folder / "pytorch_model_1.bin").unlink()
-    out = tmp_path / "live.pt"
-    assert convert_official.main(["--checkpoint", str(folder), "--stage", "lowres", "--out", str(out)]) == 0
-    assert "pytorch_model.bin" in capsys.readouterr().out
-    assert json.loads(out.with_suffix(".json").read_text())["ema"] is False
-
-
-def test_cli_reads_a_plain_state_dict_file(tmp_path):
-    fixture = _fixture("sr")
-    path = tmp_path / "sr.bin"
-    torch.save(fixture["state_dict"], path)
-    out = tmp_path / "sr.pt"
-    assert convert_official.main(["--checkpoint", str(path), "--stage", "sr", "--out", str(out)]) == 0
-    meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["network"]["in_channels"] == 8 and meta["network"]["context_dim"] is None
-    assert "text_encoder" not in meta
+    assert convert_official.main(args + ["--overwrite", "--decoder_order", "inference"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["network"]["decoder_upsample_last"] is True
+    assert not [p for p in out.parent.iterdir() if ".tmp" in p.name]
 
 
 def test_cli_missing_checkpoint_says_where_to_put_it(tmp_path, capsys):
     out = tmp_path / "x.pt"
     assert convert_official.main(["--checkpoint", str(tmp_path / "nope"), "--stage", "sr", "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "not found" in err and "accelerate checkpoint folder" in err and len(err.strip().splitlines()) == 1
+    assert "not found" in err and "<n>_ckpt" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
-def test_cli_incomplete_checkpoint_fails_without_output(tmp_path, lowres_fixture, capsys):
-    sd = dict(lowres_fixture["state_dict"])
-    del sd["denoise_fn.final_conv.1.bias"]
-    path = tmp_path / "broken.pt"
-    torch.save(sd, path)
+def test_cli_incomplete_checkpoint_fails_without_output(tmp_path, capsys):
+    state = _state("lowres")
+    del state["denoise_fn.final_conv.1.bias"]
+    path = tmp_path / "broken.bin"
+    torch.save(state, path)
     out = tmp_path / "x.pt"
     assert convert_official.main(["--checkpoint", str(path), "--stage", "lowres", "--out", str(out)]) == 1
     assert "final_conv.1.bias" in capsys.readouterr().err

@@ -12,6 +12,7 @@ Not imported here: :mod:`.export` (TorchScript / ``torch.export`` files, ``pytho
 from .official import (
     OfficialCheckpointError,
     convert_official_state_dict,
+    drop_schedule_buffers,
     from_official_state_dict,
     infer_official_kwargs,
     official_key_map,

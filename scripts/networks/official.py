@@ -20,6 +20,8 @@ __all__ = [
     "OfficialCheckpointError",
     "HEAD_DIM",
     "strip_prefixes",
+    "drop_schedule_buffers",
+    "SCHEDULE_BUFFERS",
     "official_to_config",
     "official_key_map",
     "convert_official_state_dict",
@@ -28,7 +30,32 @@ __all__ = [
 ]
 
 HEAD_DIM = 32  # the official attention always uses 32 features per head, whatever attn_dim_head says
-PREFIXES = ("module.", "denoise_fn.")  # added by multi-GPU wrapping and by the GaussianDiffusion wrapper
+# added by multi-GPU wrapping (DDP), torch.compile, EMA wrappers and the official GaussianDiffusion wrapper
+PREFIXES = ("module.", "_orig_mod.", "ema_model.", "ema.", "denoise_fn.")
+# Buffers the official GaussianDiffusion of the first training scripts registers (a discrete schedule:
+# training/video_diffusion_pytorch_low_res_continuous_time_improve_unet_seg.py:794-836 of batmanlab/MedSyn at
+# 303a29d); a checkpoint of it holds them beside the network. The continuous-time sampler never reads them.
+SCHEDULE_BUFFERS = frozenset(
+    {
+        "betas",
+        "alphas_cumprod",
+        "alphas_cumprod_prev",
+        "sqrt_alphas_cumprod",
+        "sqrt_one_minus_alphas_cumprod",
+        "log_one_minus_alphas_cumprod",
+        "sqrt_recip_alphas_cumprod",
+        "sqrt_recipm1_alphas_cumprod",
+        "posterior_variance",
+        "posterior_log_variance_clipped",
+        "posterior_mean_coef1",
+        "posterior_mean_coef2",
+        "ddim_sigmas",
+        "ddim_alphas",
+        "ddim_alphas_prev",
+        "ddim_sqrt_one_minus_alphas",
+        "ddim_sigmas_for_original_num_steps",
+    }
+)
 # official constructor arguments that the official network ignores (or that do not change its layout)
 IGNORED_KWARGS = frozenset(
     {
@@ -148,15 +175,25 @@ def official_key_map(model: MedSynUNet, stage: str) -> dict[str, tuple[str, ...]
 
 
 def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove leading ``module.`` and ``denoise_fn.`` (in any order, each at most once) from every key."""
+    """Remove the wrapper prefixes :data:`PREFIXES` (``module.``, ``_orig_mod.``, ``ema_model.``, ``ema.``,
+    ``denoise_fn.``, in any order) from every key."""
     out = {}
     for key, value in state_dict.items():
-        for _ in range(len(PREFIXES)):
+        stripped = True
+        while stripped:
+            stripped = False
             for prefix in PREFIXES:
                 if key.startswith(prefix):
-                    key = key[len(prefix) :]
+                    key, stripped = key[len(prefix) :], True
         out[key] = value
     return out
+
+
+def drop_schedule_buffers(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The state dict without the official diffusion wrapper's :data:`SCHEDULE_BUFFERS`, and the names dropped."""
+    plain = strip_prefixes(state_dict)
+    kept = {k: v for k, v in plain.items() if k not in SCHEDULE_BUFFERS}
+    return kept, sorted(k for k in plain if k in SCHEDULE_BUFFERS)
 
 
 def _check_stage(stage: str) -> None:
@@ -213,7 +250,11 @@ def convert_official_state_dict(
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     expected = {their: ours for ours, theirs in mapping.items() for their in theirs}
 
-    missing = sorted(k for k in expected if k not in official)
+    # a tensor stored under several names (the shared attention) counts once: safetensors writers such as newer
+    # accelerate keep one name per shared storage
+    missing = sorted(
+        k for ours, theirs in mapping.items() if not any(t in official for t in theirs) for k in theirs[:1]
+    )
     unexpected = sorted(k for k in official if k not in expected)
     misshaped = sorted(
         f"{k}: checkpoint {tuple(official[k].shape)}, expected {shapes[ours]}"
@@ -247,12 +288,16 @@ def convert_official_state_dict(
     return converted
 
 
-def from_official_state_dict(state_dict: Mapping[str, torch.Tensor], stage: str, **official_kwargs: Any) -> MedSynUNet:
+def from_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor], stage: str, decoder_upsample_last: bool = False, **official_kwargs: Any
+) -> MedSynUNet:
     """Build the :class:`MedSynUNet` described by the official constructor arguments and load the official weights.
 
     Args:
-        state_dict: official weights; keys may carry ``module.`` and/or ``denoise_fn.`` prefixes.
+        state_dict: official weights; keys may carry the wrapper prefixes of :func:`strip_prefixes`.
         stage: "lowres" or "sr".
+        decoder_upsample_last: build the decoder in the official inference scripts' order (upsample after the last
+            block of each level) instead of the training order the weights were trained with.
         official_kwargs: the official ``Unet3D`` arguments (dim, cond_dim, dim_mults, channels, attn_heads,
             resnet_groups); arguments the official network ignores (attn_dim_head, use_bert_text_cond, init_dim,
             init_kernel_size, use_sparse_linear_attn, block_type) are accepted and ignored.
@@ -261,7 +306,7 @@ def from_official_state_dict(state_dict: Mapping[str, torch.Tensor], stage: str,
     Raises:
         OfficialCheckpointError: the weights do not fit completely (nothing is loaded partially).
     """
-    model = MedSynUNet(**official_to_config(stage, **official_kwargs))
+    model = MedSynUNet(**official_to_config(stage, **official_kwargs), decoder_upsample_last=decoder_upsample_last)
     model.load_state_dict(convert_official_state_dict(state_dict, model, stage), strict=True)
     return model
 
