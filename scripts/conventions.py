@@ -1,4 +1,4 @@
-"""One place for the data conventions every part of the bundle shares (SPEC.md §3, docs/official_weights.md).
+"""One place for the data conventions every part of the bundle shares (docs/official_weights.md).
 
 The file side (volumes in RAS, CT in HU, the HU window, lobe labels 0..5, channel order) is the same for all weights
 and is module-level here. The network side (axis layout, airway / vessel encoding, the sampler's final evaluation)

@@ -1,4 +1,4 @@
-"""Convert an official MedSyn checkpoint into this bundle's weights (SPEC.md §9, docs/official_weights.md).
+"""Convert an official MedSyn checkpoint into this bundle's weights (docs/official_weights.md).
 
     python -m scripts.convert_official --checkpoint PATH --stage lowres|sr --out FILE
         [--weights auto|ema|live] [--decoder_order training|inference] [--size 256] [--overwrite]

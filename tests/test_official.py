@@ -39,7 +39,7 @@ LM, BASE = OFFICIAL / "text" / "lm", OFFICIAL / "text" / "base"
 SIZE = 32  # the fixtures' full grid (stage 1: 8³)
 LOOP_TOLERANCE = 1e-3
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:parsing config_file")]
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +253,36 @@ def test_convert_then_bundle_inference_writes_the_official_volume_in_the_atlas_f
         mask = np.asarray(nib.load(tmp_path / "out" / f"{sample}_{name}.nii.gz").dataobj)
         decoded = MEDSYN_OFFICIAL.decode(name, reference[index])
         assert (mask != decoded).mean() < 0.01, name
+
+
+@pytest.mark.slow
+def test_segment_workflow_on_official_weights_returns_labels_on_the_atlas_grid(converted, tmp_path):
+    """The segmentation entry (MONAI Label's path) with official weights: a CT on the atlas grid goes through the
+    official resize, the joint model holds it and samples the masks, and the label map comes back on the atlas grid."""
+    from monai.bundle import create_workflow
+
+    from scripts.inference.segmentation import export_weights
+
+    model = export_weights(converted["lowres", "training"], converted["sr", "training"], tmp_path / "model.pt")
+    spec = importlib.util.spec_from_file_location("atlas_ct", OFFICIAL / "atlas_ct.py")
+    atlas = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(atlas)
+    ct = tmp_path / "ct.nii"
+    nib.save(nib.Nifti1Image(atlas.atlas_ct()[0], atlas.AFFINE), ct)
+    overrides = {
+        "lowres_weights": str(converted["lowres", "training"]),
+        "sr_weights": str(converted["sr", "training"]),
+        "segment_weights": str(model),
+        "steps_lowres": 2,
+        "steps_sr": 2,
+        "device": "cpu",
+        "image": str(ct),
+        "output_dir": str(tmp_path / "out"),
+    }
+    config = str(ROOT / "configs" / "inference.json")
+    workflow = create_workflow(config_file=config, workflow_type="infer", logging_file=False, **overrides)
+    workflow.initialize()
+    workflow.run()
+    label = nib.load(tmp_path / "out" / "ct_seg.nii.gz")
+    assert label.shape == atlas.SHAPE and label.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(label.affine, atlas.AFFINE, atol=1e-4)

@@ -1,6 +1,6 @@
-"""Official MedSyn checkpoints → :class:`MedSynUNet` (SPEC.md §9).
+"""Official MedSyn checkpoints → :class:`MedSynUNet` (docs/official_weights.md).
 
-The official state dicts (batmanlab/MedSyn ``Unet3D``; key lists in reference/medsyn_official/*.tsv) hold the
+The official state dicts (batmanlab/MedSyn ``Unet3D``; key lists in tests/data/official/*_state_dict.tsv) hold the
 same tensors as ours under other names. The mapping is a table of module prefixes (:func:`_prefix_table`) and,
 per kind of module, a table of parameter names (``_RESBLOCK``, ``_CONV`` ...): no tensor is reshaped.
 Loading is all or nothing: any missing, unexpected or mis-shaped key, or shared attention copies that differ,
