@@ -1,6 +1,7 @@
 """Inference: report → 64³ joint CT + anatomy → 256³, anatomy control and segmentation, files on disk.
 
-- :mod:`.tiling`: a sliding-window wrapper that runs a denoiser network over tiles (memory-bounded 256³).
+- :mod:`.cascade`: the two stages' weights loaded with the model grid and conventions their descriptions record.
+- :mod:`.tiling`: a sliding-window wrapper that runs a denoiser network over tiles (memory-bounded 256³), and when.
 - :mod:`.pipeline`: :class:`MedSynPipeline`, the two stages composed from the diffusion denoisers.
 - :mod:`.prompts`: reading reports from the command line, text, CSV or JSON files.
 - :mod:`.writer`: NIfTI + JSON sidecar + PNG per sample, atomic and never silently overwritten.
