@@ -221,6 +221,15 @@ class ModelConventions:
             raise ValueError(f"expected {NUM_CHANNELS} channels {CHANNELS} first, got shape {tuple(x.shape)}")
         return {name: self.decode(name, x[i]) for i, name in enumerate(CHANNELS)}
 
+    def decode_ras(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """A 4-channel network-layout volume → RAS (X, Y, Z) arrays as written to files: ``ct`` int16 HU, masks uint8."""
+        ras = self.to_ras(np.asarray(x, dtype=np.float32))
+        decoded = {
+            name: ct_to_int16_hu(ras[i]) if name == "ct" else self.decode(name, ras[i])
+            for i, name in enumerate(CHANNELS)
+        }
+        return {name: np.ascontiguousarray(array) for name, array in decoded.items()}
+
     def value_range(self, name: str) -> tuple[float, float]:
         """The (lowest, highest) network value a clean channel takes (background first for the masks)."""
         return self.binary_values if name in ("airway", "vessel") else (-1.0, 1.0)
@@ -275,20 +284,13 @@ class ModelConventions:
             network_affine: 4×4 matrix from network indices (d, h, w) to world RAS mm.
             shape: the grid's (D, H, W) shape in network layout.
         """
-        ornt = _ras_to(self.axcodes)
-        size = np.asarray(shape, dtype=np.float64)
-        corners = []  # world positions of the RAS index (0, 0, 0) and of its three unit steps
-        for ras_index in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)):
-            network_index = np.ones(4)
-            for ras_axis, (out, flip) in enumerate(ornt):
-                step = ras_index[ras_axis]
-                network_index[int(out)] = size[int(out)] - 1 - step if flip < 0 else step
-            corners.append(np.asarray(network_affine, dtype=np.float64) @ network_index)
-        affine = np.eye(4)
-        affine[:3, 3] = corners[0][:3]
-        for axis in range(3):
-            affine[:3, axis] = corners[axis + 1][:3] - corners[0][:3]
-        return affine
+        from nibabel import orientations
+
+        to_ras = orientations.ornt_transform(
+            orientations.axcodes2ornt(tuple(self.axcodes)), orientations.axcodes2ornt("RAS")
+        )
+        # inv_ornt_aff maps indices of the reoriented (RAS) array back to indices of the network-layout array
+        return np.asarray(network_affine, dtype=np.float64) @ orientations.inv_ornt_aff(to_ras, tuple(shape))
 
 
 # This bundle's own weights: D head → feet, H towards the patient's right, W towards posterior; masks ±1; N steps are N
@@ -349,6 +351,12 @@ def resize_index_map(n_in: int, n_out: int) -> tuple[float, float]:
     samples input coordinate ``scale * o + offset``."""
     scale = n_in / n_out
     return scale, 0.5 * scale - 0.5
+
+
+def atlas_grid_spacing(size: int = DEFAULT_SIZE) -> tuple[float, float, float]:
+    """Voxel size (x, y, z) in mm of the official model grid: the atlas field of view in ``size``³ (316/256 mm,
+    316/256 mm, 292/256 mm at the official 256)."""
+    return tuple(float(n) / size for n in ATLAS_SHAPE)
 
 
 def atlas_grid_affine(size: int = DEFAULT_SIZE) -> np.ndarray:

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from scripts.conventions import ATLAS_SHAPE, DEFAULT_SIZE, MEDSYN_OFFICIAL, TEXT_TOKENS, atlas_grid_affine
+from scripts.conventions import DEFAULT_SIZE, MEDSYN_OFFICIAL, TEXT_TOKENS, atlas_grid_affine, atlas_grid_spacing
 from scripts.networks import (
     OfficialCheckpointError,
     drop_schedule_buffers,
@@ -43,6 +43,7 @@ from scripts.networks import (
 )
 from scripts.networks.weights import description_path, save_network
 from scripts.text.backends import CXR_BERT
+from scripts.text.encoder import OFFICIAL_LANGUAGE_MODEL
 
 # accelerate's names for the models a script prepares, in order: the live model first, the EMA copy second
 LIVE_FILES = ("pytorch_model.bin", "model.safetensors")
@@ -52,11 +53,11 @@ WEIGHTS_CHOICES = ("auto", "ema", "live")
 DECODER_ORDERS = ("training", "inference")
 # what the official low-res network reads: features of MedSyn's own language model (src/extract_text_feature.py)
 OFFICIAL_TEXT = {
-    "kind": "medsyn-official-lm",
-    "max_tokens": TEXT_TOKENS,  # hidden_states[-1][:, :192] (extract_text_feature.py:55)
-    "context_tokens": 2048,  # padding='max_length', max_length=2048 (extract_text_feature.py:9-16, 25)
+    "kind": OFFICIAL_LANGUAGE_MODEL,
+    "max_tokens": TEXT_TOKENS,  # hidden_states[-1][:, :192] (src/extract_text_feature.py:59)
+    "context_tokens": 2048,  # padding='max_length', max_length=2048 (src/extract_text_feature.py:11-20, 27)
     "text_input": "raw",  # the --prompt as given
-    "base_model": CXR_BERT,  # config and tokenizer (extract_text_feature.py:22, 48)
+    "base_model": CXR_BERT,  # config and tokenizer (src/extract_text_feature.py:24, 31, 50)
 }
 _CKPT_FOLDER = re.compile(r"^(\d+)_ckpt$")
 
@@ -129,7 +130,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def official_data(size: int = DEFAULT_SIZE) -> dict[str, Any]:
     """The model grid of official weights: the atlas field of view resized to ``size``³ (the official 256), placed in
     the atlas's world frame; inputs must be on the atlas grid (``atlas`` mode; docs/official_weights.md)."""
-    spacing = [float(n) / size for n in ATLAS_SHAPE]
+    spacing = list(atlas_grid_spacing(size))
     return {"spacing": spacing, "size": int(size), "size_mode": "atlas", "affine": atlas_grid_affine(size).tolist()}
 
 

@@ -110,8 +110,19 @@ def test_one_network_evaluation_reproduces_the_official_class(stage, order, expe
 
 
 def test_the_two_decoder_orders_are_different_functions_of_the_same_weights(expected):
-    outputs = expected["forward"]["outputs"]
-    assert (outputs["lowres_training"]["output"] - outputs["lowres_inference"]["output"]).abs().max() > 0.05
+    """Our training-order network does not reproduce the official inference scripts' class: the option matters."""
+    net = from_official_state_dict(drop_schedule_buffers(_state("lowres"))[0], "lowres", **_kwargs("lowres")).eval()
+    inputs = expected["forward"]["inputs"]["lowres"]
+    with torch.no_grad():
+        out = net(inputs["x"], inputs["time"], inputs["cond"])
+    assert (out - expected["forward"]["outputs"]["lowres_inference"]["output"]).abs().max() > 0.05
+
+
+def test_colliding_keys_after_prefix_removal_are_refused():
+    state = _state("sr")
+    state["ema_model.denoise_fn.init_conv0.bias"] = state["denoise_fn.init_conv0.bias"] + 1.0
+    with pytest.raises(OfficialCheckpointError, match="two keys name init_conv0.bias"):
+        drop_schedule_buffers(state)
 
 
 def test_wrong_stage_is_named():

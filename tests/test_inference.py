@@ -268,3 +268,26 @@ def test_bundle_command_runs_and_fails_in_one_line(runner, weights, tmp_path):
     assert missing.returncode != 0
     last = missing.stderr.strip().splitlines()[-1]
     assert last.startswith("medsyn inference failed: WeightsNotFoundError") and "none.pt" in last
+
+
+def test_auto_tile_runs_the_whole_volume_when_it_fits_and_the_deepest_slab_that_fits_otherwise(monkeypatch):
+    from scripts.inference import tiling
+
+    network = build_network("tiny", "sr")
+    spatial = (256, 256, 256)
+    whole = tiling.sampling_bytes(network, spatial)
+    monkeypatch.setattr(tiling, "free_memory", lambda device: int(whole / tiling.MEMORY_HEADROOM) + 1)
+    assert tiling.auto_tile(network, spatial, torch.device("cpu")) is None
+    budget = tiling.sampling_bytes(network, spatial, (64, -1, -1))
+    monkeypatch.setattr(tiling, "free_memory", lambda device: int(budget / tiling.MEMORY_HEADROOM) + 1)
+    assert tiling.auto_tile(network, spatial, torch.device("cpu")) == (64, -1, -1)
+    monkeypatch.setattr(tiling, "free_memory", lambda device: 1)
+    assert tiling.auto_tile(network, spatial, torch.device("cpu")) == (tiling.MIN_SLAB, -1, -1)
+
+
+def test_sidecar_counts_network_evaluations(runner, tmp_path):
+    run = runner(tmp_path, guidance_scale=3.0)
+    (guided,) = run.generate(prompt=REPORT)
+    assert json.loads(guided["json"].read_text())["network_evaluations"] == {"lowres": 4, "sr": 2}
+    (free,) = run.generate(prompt=None, lobe=str(_mask_case(tmp_path)["lobe"]))  # no report: one branch
+    assert json.loads(free["json"].read_text())["network_evaluations"] == {"lowres": 2, "sr": 2}

@@ -20,9 +20,11 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
 
-from scripts.conventions import ModelConventions, conventions_from_description, get_conventions
+from scripts.conventions import TEXT_TOKENS, ModelConventions, conventions_from_description, get_conventions
 from scripts.networks import MedSynUNet, load_state, read_description
 from scripts.networks.weights import described_network, description_path
+from scripts.text.backends import OFFICIAL_LM_FILE
+from scripts.text.encoder import OFFICIAL_LANGUAGE_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +189,8 @@ def start_from_weights(
     stage: str,
     text_model: str | None = None,
     conventions: str | ModelConventions | None = None,
+    text_input: str = "sections",
+    text_context_tokens: int | None = None,
 ) -> MedSynUNet:
     """Fill a freshly built network with exported weights (``NAME.pt`` + ``NAME.json``), to fine-tune or continue
     from them in a new run; ``weights=""`` returns the network untouched (training from scratch).
@@ -201,6 +205,8 @@ def start_from_weights(
         text_model: the config's text encoder name, checked against the one the weights were trained with.
         conventions: the config's conventions, checked against the ones the weights record (official weights are
             fine-tuned with ``conventions: medsyn-official``).
+        text_input, text_context_tokens: the config's text settings (stage 1), checked against the weights'
+            ``text_encoder_info``: the same model fed differently prepared text would be trained on other features.
 
     Raises:
         WeightsNotFoundError, ValueError: one line naming the file and what differs (stage, network layout, text,
@@ -227,6 +233,17 @@ def start_from_weights(
     trained_with = info.get("text_encoder")
     if text_model is not None and trained_with is not None and trained_with != text_model:
         raise ValueError(f"{weights} was trained with text_model {trained_with!r}, this config uses {text_model!r}")
+    text_info = info.get("text_encoder_info") or {}
+    if text_model is not None and text_info:
+        recorded = (text_info.get("text_input", "sections"), text_info.get("context_tokens", TEXT_TOKENS))
+        configured = (text_input, text_context_tokens or TEXT_TOKENS)
+        if recorded != configured:
+            raise ValueError(
+                f"{weights} reads text prepared as text_input={recorded[0]!r}, text_context_tokens={recorded[1]}; "
+                f"this config has {configured[0]!r}, {configured[1]}: set them to the weights' values"
+            )
+        if text_info.get("kind") == OFFICIAL_LANGUAGE_MODEL and not (Path(text_model) / OFFICIAL_LM_FILE).is_file():
+            raise ValueError(f"{weights} reads the official MedSyn language model: set text_model to its folder")
     load_state(network, weights, "the network of this config")
     logger.info(f"starting from the weights of {weights} (iteration {info.get('iteration', '?')} of their run)")
     return network

@@ -135,10 +135,7 @@ class SamplePreview:
 
     def render(self, sample: torch.Tensor) -> np.ndarray:
         """The montage of a sample (1, 4, D, H, W) as an (H, W, 3) uint8 image."""
-        volume = sample[0].cpu().numpy()
-        decoded = {
-            name: self.conventions.to_ras(value) for name, value in self.conventions.decode_volume(volume).items()
-        }
+        decoded = self.conventions.decode_ras(sample[0].float().cpu().numpy())
         ct = decoded.pop("ct")
         return montage_array(ct, masks=decoded, spacing=self.spacing, title=self.title)
 

@@ -152,7 +152,7 @@ def text_use_study(
         raise ValueError(f"{weights}: its description has no training grid ('data': spacing and size)")
     conventions = conventions_from_description(info)
     encoder = ReportEncoder.for_weights(
-        text_encoder or info.get("text_encoder") or "minilm", info.get("text_encoder_info"), device
+        text_encoder or info.get("text_encoder", "minilm"), info.get("text_encoder_info"), device
     )
 
     def encoded(texts: list[str]) -> torch.Tensor:

@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from scripts.conventions import DEFAULT_SIZE, ModelConventions, conventions_from_description
+from scripts.conventions import (
+    DEFAULT_SIZE,
+    ModelConventions,
+    atlas_grid_affine,
+    atlas_grid_spacing,
+    conventions_from_description,
+)
 from scripts.data.io import ras_affine
 from scripts.data.transforms import SIZE_MODES
 from scripts.networks.unet import MedSynUNet
@@ -66,19 +72,32 @@ def model_grid(
 ) -> ModelGrid:
     """The model grid of low-res weights, from their description's ``data``, with the command line's overrides.
 
+    Weights trained on the atlas grid (``size_mode`` ``atlas`` recorded, e.g. fine-tuned official weights whose
+    training data had no spacing of their own) get the atlas grid's spacing and world frame.
+
     Args:
         description: the low-res weights' JSON description (:func:`scripts.networks.weights.read_description`).
         spacing: voxel size in mm (x, y, z) to use instead of the training grid's (the recorded world frame is then
-            dropped: outputs are centred).
+            dropped: outputs are centred). Not for weights of the atlas grid, whose spacing is the atlas's.
         size_mode: how to put inputs on the grid instead of the recorded way.
     """
     data = description.get("data") or {}
     mode = size_mode or data.get("size_mode", "pad_crop")
     if mode not in SIZE_MODES:
         raise ValueError(f"size_mode must be one of {SIZE_MODES}, got {mode!r}")
-    grid_spacing = tuple(float(s) for s in (spacing or data.get("spacing") or (1.0, 1.0, 1.0)))
-    affine = None if spacing or data.get("affine") is None else np.asarray(data["affine"], dtype=np.float64)
-    return ModelGrid(grid_spacing, int(data.get("size", DEFAULT_SIZE)), mode, affine)
+    size = int(data.get("size", DEFAULT_SIZE))
+    on_atlas = data.get("size_mode") == "atlas"
+    if spacing and on_atlas:
+        raise ValueError(
+            f"--spacing does not apply to weights of the MedSyn atlas grid (its spacing is "
+            f"{[round(s, 4) for s in atlas_grid_spacing(size)]} mm); leave it out"
+        )
+    recorded = data.get("spacing") or (atlas_grid_spacing(size) if on_atlas else (1.0, 1.0, 1.0))
+    affine = data.get("affine")
+    if affine is None and on_atlas and not data.get("spacing"):
+        affine = atlas_grid_affine(size)
+    affine = None if spacing or affine is None else np.asarray(affine, dtype=np.float64)
+    return ModelGrid(tuple(float(s) for s in (spacing or recorded)), size, mode, affine)
 
 
 @dataclass(frozen=True)

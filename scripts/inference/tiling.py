@@ -19,28 +19,38 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# Peak memory of one no-grad forward of a MedSynUNet, per voxel: about 8 float32 activations per channel of the first
-# level plus the 8-channel input, the 4-channel output and the sampler's tensors. Measured: the paper super-resolution
-# network (d=56) at 128³ peaks at 3.8 GiB (docs/benchmarks.md), 1830 bytes per voxel against 32 * 56 + 128 = 1920.
+# Peak memory of super-resolution sampling: about 8 float32 activations per channel of the network's first level over
+# the volume it runs on (the whole volume or one tile), plus whole-volume tensors (the 8-channel input, the sample, its
+# x̂0 and noise direction, the sliding window's output and weight maps). Measured (docs/benchmarks.md): the paper
+# network (d=56) peaks at 3.83 GiB for a 128³ step, 1961 bytes per voxel against 32 * 56 + 128 = 1920, and at
+# 9.23 GiB for 64-slice slabs of 256³, against 16.8 M * 128 + 4.2 M * 32 * 56 bytes = 9.0 GiB.
 BYTES_PER_VOXEL_PER_WIDTH = 32
 BYTES_PER_VOXEL = 128
 MEMORY_HEADROOM = 0.8  # use at most this share of the free memory
 MIN_SLAB = 16
 
 
-def forward_bytes(network: nn.Module, spatial: Sequence[int]) -> int:
-    """Estimated peak bytes of one no-grad forward of ``network`` (a ``MedSynUNet``) on a (1, C, *spatial) input."""
-    width = int(getattr(network, "config", {}).get("width", 64))
+def _voxels(spatial: Sequence[int]) -> int:
     voxels = 1
     for s in spatial:
         voxels *= int(s)
-    return voxels * (BYTES_PER_VOXEL_PER_WIDTH * width + BYTES_PER_VOXEL)
+    return voxels
+
+
+def sampling_bytes(network: nn.Module, spatial: Sequence[int], tile: Sequence[int] | None = None) -> int:
+    """Estimated peak bytes of sampling a (1, 4, *spatial) volume with ``network`` (a ``MedSynUNet``), on the whole
+    volume or in tiles of ``tile`` (D, H, W; -1 = whole axis)."""
+    width = int(getattr(network, "config", {}).get("width", 64))
+    covered = spatial if tile is None else [s if t == -1 else min(int(t), int(s)) for t, s in zip(tile, spatial)]
+    return _voxels(spatial) * BYTES_PER_VOXEL + _voxels(covered) * BYTES_PER_VOXEL_PER_WIDTH * width
 
 
 def free_memory(device: torch.device) -> int:
     """Bytes free on ``device``: CUDA's free memory, or the host's available memory for the CPU."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        # memory PyTorch's allocator holds but does not use is free for this process
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + int(cached)
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:
@@ -61,18 +71,18 @@ def auto_tile(network: nn.Module, spatial: Sequence[int], device: torch.device) 
         device: where it runs.
     """
     budget = MEMORY_HEADROOM * free_memory(torch.device(device))
-    if forward_bytes(network, spatial) <= budget:
+    if sampling_bytes(network, spatial) <= budget:
         return None
     depth = int(spatial[0])
     slab = depth // 2
-    while slab > MIN_SLAB and forward_bytes(network, (slab, *spatial[1:])) > budget:
+    while slab > MIN_SLAB and sampling_bytes(network, spatial, (slab, -1, -1)) > budget:
         slab //= 2
     slab = max(slab, min(MIN_SLAB, depth))
     logger.warning(
         "the whole %s volume needs about %.1f GiB, more than the %.1f GiB free: super-resolution runs in slabs of %d "
         "slices (an approximation of the whole-volume result; pass --sr_tile null to force the whole volume)",
         "x".join(map(str, spatial)),
-        forward_bytes(network, spatial) / 2**30,
+        sampling_bytes(network, spatial) / 2**30,
         budget / 2**30,
         slab,
     )

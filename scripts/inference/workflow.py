@@ -30,11 +30,6 @@ from scripts.inference.writer import SYNTHETIC_DESCRIPTION, SampleWriter
 logger = logging.getLogger(__name__)
 
 FIXED_INPUTS = {"image": "ct", "lobe": "lobe", "airway": "airway", "vessel": "vessel"}  # CLI key → channel
-OFFICIAL_TEXT_HINT = (
-    "pass --text_encoder FOLDER: the official MedSyn language model (pretrained_lm from github.com/batmanlab/MedSyn, a "
-    "folder holding its pytorch_model.bin) and, unless CXR-BERT is in the local Hugging Face cache, --text_encoder_base "
-    "DIR (a local copy of microsoft/BiomedVLP-CXR-BERT-specialized); docs/official_weights.md"
-)
 
 
 @contextmanager
@@ -152,16 +147,10 @@ class InferenceRunner:
             progress=self.progress,
             scheduler=ContinuousDDIMScheduler.for_conventions(self.conventions),
         )
-        extra = int(self.conventions.extra_final_evaluation)
         self.settings = {
             "guidance_scale": self.guidance_scale,
             "steps_lowres": self.steps_lowres,
             "steps_sr": self.steps_sr if sr is not None else None,
-            "network_evaluations": {
-                "lowres": (self.steps_lowres + extra) * (1 if self.guidance_scale in (0.0, 1.0) else 2),
-                "sr": self.steps_sr + extra if sr is not None else None,
-            },
-            "conventions": self.conventions.as_dict(),
         }
         self._writer = SampleWriter(self.output_dir, self.conventions, overwrite=self.overwrite)
 
@@ -185,8 +174,6 @@ class InferenceRunner:
         if self._text_encoder is None:
             from scripts.text import ReportEncoder  # loading transformers only when a report is given
 
-            if self.text_encoder_name is None:
-                raise ValueError(f"{self.lowres_weights} names no text encoder that ships: {OFFICIAL_TEXT_HINT}")
             self._text_encoder = ReportEncoder.for_weights(
                 self.text_encoder_name,
                 self.lowres_info.get("text_encoder_info"),
@@ -265,6 +252,7 @@ class InferenceRunner:
                 "prompt_id": p.id,
                 "seed": sample_seed,
                 **self.settings,
+                "network_evaluations": self._evaluations(p.text is not None),
                 "sr_tile": None if output.sr_tile is None else list(output.sr_tile),
                 "sr_whole_volume": output.volume is not None and output.sr_tile is None,
                 "fixed_inputs": {k: str(v) for k, v in inputs.items() if v},
@@ -274,9 +262,17 @@ class InferenceRunner:
             written.append(self.writer.write(sample_id, volume, metadata, affine))
         return written
 
+    def _evaluations(self, with_report: bool) -> dict[str, int | None]:
+        """Network evaluations per stage of one sample: one more per stage for official weights (the official loop's
+        evaluation at t = 0), twice as many in stage 1 when guidance runs both branches (a report and s not 0 or 1)."""
+        extra = int(self.conventions.extra_final_evaluation)
+        branches = 2 if with_report and self.guidance_scale not in (0.0, 1.0) else 1
+        sr = self.steps_sr + extra if self.pipeline.sr_network is not None else None
+        return {"lowres": (self.steps_lowres + extra) * branches, "sr": sr}
+
     def run(self, **kwargs: Any) -> list[dict[str, Path]]:
         """:meth:`generate` for the command line: a failure exits with one line (samples written so far stay)."""
-        with exit_in_one_line("inference"):
+        with exit_in_one_line("inference", root_cause=True):
             return self.generate(**kwargs)
 
     def synthesize(self, num_folds: int = 5, **kwargs: Any) -> Path:
@@ -320,7 +316,7 @@ class InferenceRunner:
 
     def run_synthesize(self, **kwargs: Any) -> Path:
         """:meth:`synthesize` for the command line (one-line failure)."""
-        with exit_in_one_line("synthesize"):
+        with exit_in_one_line("synthesize", root_cause=True):
             return self.synthesize(**kwargs)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import scripts
-from scripts.conventions import CHANNELS, MEDSYN_MONAI, ModelConventions, ct_to_int16_hu
+from scripts.conventions import CHANNELS, MEDSYN_MONAI, ModelConventions
 from scripts.data.io import OutputExistsError, write_json, write_nifti
 from scripts.visualization import save_montage
 
@@ -40,11 +40,7 @@ def decode_sample(volume: torch.Tensor, conventions: ModelConventions = MEDSYN_M
     """
     if volume.ndim != 4 or volume.shape[0] != len(CHANNELS):
         raise ValueError(f"expected a (4, D, H, W) volume, got shape {tuple(volume.shape)}")
-    ras = conventions.to_ras(volume.detach().float().cpu().numpy())
-    out = {"ct": ct_to_int16_hu(ras[0])}
-    for i, name in enumerate(CHANNELS[1:], start=1):
-        out[name] = conventions.decode(name, ras[i])
-    return {name: np.ascontiguousarray(array) for name, array in out.items()}
+    return conventions.decode_ras(volume.detach().float().cpu().numpy())
 
 
 class SampleWriter:
@@ -125,7 +121,7 @@ class SampleWriter:
             "shape": list(shape),
             "spacing_mm": spacing,
             "orientation": "RAS",
-            "conventions": self.conventions.name,
+            "conventions": self.conventions.as_dict(),
             "files": {key: p.name for key, p in paths.items() if key != "json"},
             "bundle_version": scripts.__version__,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

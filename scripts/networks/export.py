@@ -68,7 +68,7 @@ def example_inputs(
     return x, timesteps, torch.randn(batch, network.text_tokens, network.context_dim, generator=gen)
 
 
-def model_grid(info: dict[str, Any], hw_multiple: int = 1) -> tuple[int, int, int]:
+def stage_shape(info: dict[str, Any], hw_multiple: int = 1) -> tuple[int, int, int]:
     """The (D, H, W) the described stage runs on: the low-res grid (size / 4) or the full grid (size).
 
     H and W are raised to at least ``2 * hw_multiple``: ``torch.export`` fixes a size whose bottleneck is 1 wide.
@@ -163,7 +163,7 @@ def export_weights(
     network, info = load_network(weights, hint="pass --weights NAME.pt with NAME.json beside it")
     meta = Path(meta_file).read_text() if meta_file is not None and Path(meta_file).is_file() else "{}"
     extra_files = {"metadata.json": meta, DESCRIPTION_FILE: json.dumps(info)}
-    grid = model_grid(info, network.hw_multiple)
+    grid = stage_shape(info, network.hw_multiple)
     inputs = example_inputs(network, spatial=grid) if format == "exported_program" else None
     exported = export_network(network, format, inputs)
     _save(exported, out, format, extra_files, overwrite)

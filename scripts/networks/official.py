@@ -177,14 +177,16 @@ def official_key_map(model: MedSynUNet, stage: str) -> dict[str, tuple[str, ...]
 def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove the wrapper prefixes :data:`PREFIXES` (``module.``, ``_orig_mod.``, ``ema_model.``, ``ema.``,
     ``denoise_fn.``, in any order) from every key."""
-    out = {}
-    for key, value in state_dict.items():
-        stripped = True
+    out: dict[str, torch.Tensor] = {}
+    for original, value in state_dict.items():
+        key, stripped = original, True
         while stripped:
             stripped = False
             for prefix in PREFIXES:
                 if key.startswith(prefix):
                     key, stripped = key[len(prefix) :], True
+        if key in out:  # e.g. a live and an EMA copy in one file: which one is meant is not ours to guess
+            raise OfficialCheckpointError(f"two keys name {key} once their wrapper prefixes are removed ({original})")
         out[key] = value
     return out
 

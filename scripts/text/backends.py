@@ -55,17 +55,15 @@ class ResolvedModel:
         config_path: folder with ``config.json``: ``path``, or for the official MedSyn language model (a bare
             ``pytorch_model.bin``) the base model's folder.
         tokenizer_path: folder with the tokenizer files (``path`` or the base model's).
+        bare_state_dict: the weights are the official language model's ``pytorch_model.bin`` (CXR-BERT keys, heads
+            included), loaded completely or not at all over the config.
     """
 
     path: Path
     model_id: str
     config_path: Path
     tokenizer_path: Path
-
-    @property
-    def bare_state_dict(self) -> bool:
-        """The weights are a bare state dict without their own config (the official MedSyn language model)."""
-        return self.config_path != self.path
+    bare_state_dict: bool = False
 
 
 def _fingerprint(config_folder: Path, weights_folder: Path) -> str:
@@ -97,7 +95,39 @@ def _resolved(folder: Path, name: str) -> ResolvedModel:
     return ResolvedModel(folder, f"{name}-{_fingerprint(folder, folder)}", folder, folder)
 
 
-def resolve_model(model: str | Path, base_model: str | Path = CXR_BERT) -> ResolvedModel:
+BASE_HINT = (
+    "pass --text_encoder_base DIR: a local copy of microsoft/BiomedVLP-CXR-BERT-specialized (its config and "
+    "tokenizer; made with `hf download microsoft/BiomedVLP-CXR-BERT-specialized --local-dir DIR` on a machine with "
+    "internet), or put it in the local Hugging Face cache"
+)
+
+
+def _official_language_model(folder: Path, base_model: str | Path) -> ResolvedModel:
+    """The official language-model folder: its ``pytorch_model.bin`` over the config and tokenizer it holds, or
+    else those of ``base_model``."""
+    if not (folder / OFFICIAL_LM_FILE).is_file():
+        raise ModelNotFoundError(
+            f"{folder} is not the official MedSyn language model: it has no {OFFICIAL_LM_FILE} (pretrained_lm from "
+            "github.com/batmanlab/MedSyn); docs/official_weights.md"
+        )
+    own_config, own_tokenizer = (folder / "config.json").is_file(), _has_tokenizer(folder)
+    base = None
+    if not (own_config and own_tokenizer):
+        try:
+            base = resolve_model(base_model)
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"the official language model {folder} needs its base model for the config and tokenizer, and "
+                f"{base_model} is not here: {BASE_HINT}"
+            ) from None
+    config = folder if own_config else base.config_path
+    tokenizer = folder if own_tokenizer else base.tokenizer_path
+    return ResolvedModel(folder, f"{folder.name}-{_fingerprint(config, folder)}", config, tokenizer, True)
+
+
+def resolve_model(
+    model: str | Path, base_model: str | Path = CXR_BERT, official_language_model: bool = False
+) -> ResolvedModel:
     """Find a text encoder's files on this machine without touching the network.
 
     Args:
@@ -107,6 +137,8 @@ def resolve_model(model: str | Path, base_model: str | Path = CXR_BERT) -> Resol
             are those of ``base_model``.
         base_model: where the config and tokenizer of a bare state dict come from (a folder or a cached id); default
             ``microsoft/BiomedVLP-CXR-BERT-specialized``, the official code's base.
+        official_language_model: ``model`` must be the official language-model folder (what official weights read),
+            even when it also holds a ``config.json``; anything else is an error.
 
     Returns:
         the folders and a model id for caches.
@@ -115,19 +147,22 @@ def resolve_model(model: str | Path, base_model: str | Path = CXR_BERT) -> Resol
         ModelNotFoundError: naming where the weights must be put.
     """
     name = str(model)
-    if name == MINILM:
-        folder = _minilm_folder()
-        return ResolvedModel(folder, f"all-MiniLM-L6-v2-{_fingerprint(folder, folder)}", folder, folder)
     folder = Path(name).expanduser()
+    if official_language_model:
+        if not folder.is_dir():
+            raise ModelNotFoundError(
+                f"text encoder {name!r} is not a folder: these weights read the official MedSyn language model "
+                "(pretrained_lm, a folder holding its pytorch_model.bin); docs/official_weights.md"
+            )
+        return _official_language_model(folder.resolve(), base_model)
+    if name == MINILM:
+        return _resolved(_minilm_folder(), "all-MiniLM-L6-v2")
     if folder.is_dir():
         folder = folder.resolve()
         if (folder / "config.json").is_file():
             return _resolved(folder, folder.name)
         if (folder / OFFICIAL_LM_FILE).is_file():  # the official language model: a bare state dict
-            base = resolve_model(base_model)
-            tokenizer = folder if _has_tokenizer(folder) else base.tokenizer_path
-            fingerprint = _fingerprint(base.config_path, folder)
-            return ResolvedModel(folder, f"{folder.name}-{fingerprint}", base.config_path, tokenizer)
+            return _official_language_model(folder, base_model)
         raise ModelNotFoundError(
             f"{folder} has neither config.json nor {OFFICIAL_LM_FILE}: pass a folder written by save_pretrained or "
             "the official MedSyn language-model folder"

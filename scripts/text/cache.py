@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from pathlib import Path
@@ -71,16 +70,12 @@ class EmbeddingCache:
         self.key = key if key is not None else cache_key(encoder)
         self.dtype = _DTYPES[dtype]
         self.folder = Path(cache_dir) / self.key
-        self.text_input = encoder.text_input if encoder is not None else self._recorded_text_input()
+        # reports tokenised as given have their own key (cache_key's "_raw"), so a reader knows from the key alone
+        self.text_input = (
+            encoder.text_input if encoder is not None else ("raw" if self.key.endswith("_raw") else "sections")
+        )
         self.hits = 0
         self.misses = 0
-
-    def _recorded_text_input(self) -> str:
-        """How the reports of an existing cache were prepared (its ``meta.json``; ``sections`` when absent)."""
-        try:
-            return json.loads((self.folder / "meta.json").read_text(encoding="utf-8")).get("text_input", "sections")
-        except (OSError, ValueError):
-            return "sections"
 
     def path_for(self, text: str | bytes) -> Path:
         """File that holds (or will hold) the embedding of a raw report."""

@@ -21,12 +21,18 @@ import torch
 from torch import nn
 
 from scripts.conventions import TEXT_TOKENS
-from scripts.text.backends import CXR_BERT, MINILM, load_bert, load_tokenizer, resolve_model
+from scripts.text.backends import CXR_BERT, MINILM, ModelNotFoundError, load_bert, load_tokenizer, resolve_model
 from scripts.text.reports import ReportError, encoding_text, normalise_text
 
-__all__ = ["ReportEncoder", "TEXT_INPUTS", "prepare_text"]
+__all__ = ["ReportEncoder", "TEXT_INPUTS", "OFFICIAL_LANGUAGE_MODEL", "OFFICIAL_TEXT_HINT", "prepare_text"]
 
 TEXT_INPUTS = ("sections", "raw")
+OFFICIAL_LANGUAGE_MODEL = "medsyn-official-lm"  # text_encoder_info "kind" of converted official weights
+OFFICIAL_TEXT_HINT = (
+    "pass --text_encoder FOLDER: the official MedSyn language model (pretrained_lm from github.com/batmanlab/MedSyn, a "
+    "folder holding its pytorch_model.bin) and, unless CXR-BERT is in the local Hugging Face cache, --text_encoder_base "
+    "DIR (a local copy of microsoft/BiomedVLP-CXR-BERT-specialized); docs/official_weights.md"
+)
 
 
 def prepare_text(text: str | bytes, text_input: str = "sections") -> str:
@@ -71,8 +77,10 @@ class ReportEncoder:
         device: torch device; default CUDA when available, else CPU.
         batch_size: reports per forward pass.
         text_input: ``sections`` (default) or ``raw``: see :func:`prepare_text`.
-        base_model: config and tokenizer of a bare state dict (the official MedSyn language model); default CXR-BERT
-            (a folder, or the Hugging Face id in the local cache).
+        base_model: config and tokenizer of a bare state dict (the official MedSyn language model); None means
+            CXR-BERT (a folder, or the Hugging Face id in the local cache).
+        official_language_model: ``model`` must be the official MedSyn language-model folder (what official weights
+            read); a plain CXR-BERT or any other model is refused.
     """
 
     def __init__(
@@ -84,9 +92,10 @@ class ReportEncoder:
         device: str | torch.device | None = None,
         batch_size: int = 16,
         text_input: str = "sections",
-        base_model: str | Path = CXR_BERT,
+        base_model: str | Path | None = None,
+        official_language_model: bool = False,
     ) -> None:
-        resolved = resolve_model(model, base_model)
+        resolved = resolve_model(model, base_model or CXR_BERT, official_language_model)
         network = load_bert(resolved, max_positions=max_positions)
         tokenizer = load_tokenizer(resolved)
         self._setup(network, tokenizer, resolved.model_id, max_tokens, context_tokens, device, batch_size, text_input)
@@ -94,21 +103,26 @@ class ReportEncoder:
     @classmethod
     def for_weights(
         cls,
-        model: str | Path,
+        model: str | Path | None,
         info: dict | None,
         device: str | torch.device | None = None,
         base_model: str | Path | None = None,
     ) -> ReportEncoder:
         """The encoder with the settings the low-res weights were trained with (their description's
-        ``text_encoder_info``: ``max_tokens``, ``context_tokens``, ``text_input``, ``base_model``).
+        ``text_encoder_info``: ``max_tokens``, ``context_tokens``, ``text_input``, ``base_model``, and ``kind``: weights
+        converted from the official ones read only the official language model).
 
         Args:
-            model: the encoder (``"minilm"``, a folder, a cached id, the official language-model folder).
+            model: the encoder (``"minilm"``, a folder, a cached id, the official language-model folder); None when
+                the weights name none that ships (official weights: the error says where to get it).
             info: the description's ``text_encoder_info`` (None: this bundle's defaults, 192 tokens, sections).
             device: torch device.
             base_model: overrides the recorded base model (config and tokenizer of a bare state dict).
         """
         info = dict(info or {})
+        official = info.get("kind") == OFFICIAL_LANGUAGE_MODEL
+        if model is None:
+            raise ModelNotFoundError(f"these weights name no text encoder that ships: {OFFICIAL_TEXT_HINT}")
         context = info.get("context_tokens")
         return cls(
             model,
@@ -117,7 +131,8 @@ class ReportEncoder:
             max_positions=context,
             device=device,
             text_input=info.get("text_input", "sections"),
-            base_model=base_model or info.get("base_model") or CXR_BERT,
+            base_model=base_model or info.get("base_model"),
+            official_language_model=official,
         )
 
     @classmethod
