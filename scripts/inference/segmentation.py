@@ -288,7 +288,7 @@ def check_segment_run(
 def run_evaluator(evaluator: Any) -> None:
     """Second step of the ``segment`` command: ``evaluator.run()``; a failure exits with one line naming its root
     cause (a bad case's :class:`~scripts.data.datalist.DataError` rather than MONAI's "applying transform")."""
-    with exit_in_one_line("segment", root_cause=True):
+    with exit_in_one_line("segment"):
         evaluator.run()
 
 

@@ -33,13 +33,14 @@ FIXED_INPUTS = {"image": "ct", "lobe": "lobe", "airway": "airway", "vessel": "ve
 
 
 @contextmanager
-def exit_in_one_line(command: str, root_cause: bool = False) -> Iterator[None]:
+def exit_in_one_line(command: str) -> Iterator[None]:
     """For the command line: any failure inside ends the process with ``medsyn <command> failed: <Type>: <message>``
-    instead of a traceback. ``root_cause`` reports the innermost ``__cause__`` (MONAI wraps transform errors)."""
+    instead of a traceback. An error MONAI wrapped while applying a transform ("applying transform <...>") is
+    reported by its cause, which names the case and the fix."""
     try:
         yield
     except Exception as err:
-        while root_cause and err.__cause__ is not None:
+        while err.__cause__ is not None and str(err).startswith("applying transform"):
             err = err.__cause__
         raise SystemExit(f"medsyn {command} failed: {type(err).__name__}: {err}") from None
 
@@ -272,7 +273,7 @@ class InferenceRunner:
 
     def run(self, **kwargs: Any) -> list[dict[str, Path]]:
         """:meth:`generate` for the command line: a failure exits with one line (samples written so far stay)."""
-        with exit_in_one_line("inference", root_cause=True):
+        with exit_in_one_line("inference"):
             return self.generate(**kwargs)
 
     def synthesize(self, num_folds: int = 5, **kwargs: Any) -> Path:
@@ -316,7 +317,7 @@ class InferenceRunner:
 
     def run_synthesize(self, **kwargs: Any) -> Path:
         """:meth:`synthesize` for the command line (one-line failure)."""
-        with exit_in_one_line("synthesize", root_cause=True):
+        with exit_in_one_line("synthesize"):
             return self.synthesize(**kwargs)
 
 
