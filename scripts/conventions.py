@@ -52,7 +52,6 @@ LOWRES_FACTOR = 4  # 256³ → 64³ by nearest-neighbour striding
 DEFAULT_SIZE = 256
 # Volumes are read and written in RAS; the network sees them in the axis layout of its weights' conventions
 # (ModelConventions.axcodes), and the affine turns them back.
-OUTPUT_AXCODES = "RAS"
 
 # --- text ------------------------------------------------------------------------------------------------------
 TEXT_TOKENS = 192  # token features per report the low-resolution network attends to
@@ -215,14 +214,10 @@ class ModelConventions:
             return decode_binary(x, self.binary_threshold)
         raise ValueError(f"unknown channel {name!r}; expected one of {CHANNELS}")
 
-    def decode_volume(self, x: Array) -> dict[str, Array]:
-        """Split a 4-channel volume (channel first, any trailing shape) into decoded named channels."""
-        if x.shape[0] != NUM_CHANNELS:
-            raise ValueError(f"expected {NUM_CHANNELS} channels {CHANNELS} first, got shape {tuple(x.shape)}")
-        return {name: self.decode(name, x[i]) for i, name in enumerate(CHANNELS)}
-
     def decode_ras(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """A 4-channel network-layout volume → RAS (X, Y, Z) arrays as written to files: ``ct`` int16 HU, masks uint8."""
+        if x.shape[0] != NUM_CHANNELS:
+            raise ValueError(f"expected {NUM_CHANNELS} channels {CHANNELS} first, got shape {tuple(x.shape)}")
         ras = self.to_ras(np.asarray(x, dtype=np.float32))
         decoded = {
             name: ct_to_int16_hu(ras[i]) if name == "ct" else self.decode(name, ras[i])

@@ -77,13 +77,14 @@ def test_description_form_round_trips_and_old_descriptions_are_this_bundles(conv
 
 
 @BOTH
-def test_decode_volume_splits_named_channels(conventions):
-    x = np.stack([np.zeros((2, 2, 2))] * 4).astype(np.float32)
-    out = conventions.decode_volume(x)
+def test_decode_ras_splits_named_channels(conventions):
+    x = np.stack([np.zeros((2, 3, 4))] * 4).astype(np.float32)
+    out = conventions.decode_ras(x)
     assert list(out) == list(cv.CHANNELS)
-    assert out["lobe"].dtype == np.uint8 and out["ct"].dtype == np.float32
+    assert out["lobe"].dtype == np.uint8 and out["ct"].dtype == np.int16
+    assert out["ct"].shape == tuple(conventions.to_ras(x[0]).shape)  # in RAS order
     with pytest.raises(ValueError, match="expected 4 channels"):
-        conventions.decode_volume(x[:3])
+        conventions.decode_ras(x[:3])
     with pytest.raises(ValueError, match="unknown channel"):
         conventions.encode("liver", x[0])
 

@@ -235,12 +235,13 @@ def start_from_weights(
         raise ValueError(f"{weights} was trained with text_model {trained_with!r}, this config uses {text_model!r}")
     text_info = info.get("text_encoder_info") or {}
     if text_model is not None and text_info:
-        recorded = (text_info.get("text_input", "sections"), text_info.get("context_tokens", TEXT_TOKENS))
-        configured = (text_input, text_context_tokens or TEXT_TOKENS)
-        if recorded != configured:
+        text_recorded = (text_info.get("text_input", "sections"), text_info.get("context_tokens", TEXT_TOKENS))
+        text_configured = (text_input, text_context_tokens or TEXT_TOKENS)
+        if text_recorded != text_configured:
             raise ValueError(
-                f"{weights} reads text prepared as text_input={recorded[0]!r}, text_context_tokens={recorded[1]}; "
-                f"this config has {configured[0]!r}, {configured[1]}: set them to the weights' values"
+                f"{weights} reads text prepared as text_input={text_recorded[0]!r}, "
+                f"text_context_tokens={text_recorded[1]}; this config has {text_configured[0]!r}, "
+                f"{text_configured[1]}: set them to the weights' values"
             )
         if text_info.get("kind") == OFFICIAL_LANGUAGE_MODEL and not (Path(text_model) / OFFICIAL_LM_FILE).is_file():
             raise ValueError(f"{weights} reads the official MedSyn language model: set text_model to its folder")

@@ -156,8 +156,8 @@ def load_cascade(
         (stage-1 network on ``device``, stage-2 network on the CPU or None, the descriptions).
     """
     described = describe_cascade(lowres_weights, sr_weights, spacing, size_mode, require_sr)
-    lowres, _ = load_network(lowres_weights, "lowres", device, WEIGHTS_HINT)
-    sr = load_network(sr_weights, "sr", "cpu", WEIGHTS_HINT)[0] if sr_weights else None
+    lowres, _ = load_network(lowres_weights, device=device, info=described.lowres)
+    sr = load_network(sr_weights, info=described.sr)[0] if sr_weights else None
     return lowres, sr, described
 
 

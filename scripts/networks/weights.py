@@ -92,7 +92,11 @@ def read_description(path: str | os.PathLike, stage: str | None = None, hint: st
 
 
 def load_network(
-    path: str | os.PathLike, stage: str | None = None, device: str | torch.device = "cpu", hint: str = ""
+    path: str | os.PathLike,
+    stage: str | None = None,
+    device: str | torch.device = "cpu",
+    hint: str = "",
+    info: dict[str, Any] | None = None,
 ) -> tuple[MedSynUNet, dict[str, Any]]:
     """Build the described network, load the weights strictly and return ``(network in eval mode, description)``.
 
@@ -101,8 +105,9 @@ def load_network(
         stage: expected stage, checked against the description.
         device: where to put the network.
         hint: appended to the missing-file error (how to get the weights).
+        info: the description, when the caller has read it already (:func:`read_description`).
     """
-    info = read_description(path, stage, hint)
+    info = info if info is not None else read_description(path, stage, hint)
     network = load_state(MedSynUNet(**info["network"]), path, "its described network")
     return network.to(device).eval(), info
 
