@@ -11,7 +11,7 @@ from monai.data import load_decathlon_datalist
 from scripts.conventions import MEDSYN_MONAI, MEDSYN_OFFICIAL, ct_to_int16_hu, decode_lobe
 from scripts.data.io import OutputExistsError, ras_affine, write_nifti
 from scripts.diffusion import downsample_nearest
-from scripts.inference import SlidingWindowNetwork, read_prompts
+from scripts.inference import MedSynPipeline, SlidingWindowNetwork, read_prompts
 from scripts.inference.workflow import InferenceRunner
 from scripts.networks import build_network, preset_config, save_network
 from scripts.text.reports import ReportError
@@ -80,9 +80,10 @@ def test_same_seed_same_volume_and_no_silent_overwrite(runner, weights, tmp_path
     np.testing.assert_array_equal(a, b)
     other = np.asarray(nib.load(str(first[1]["ct"])).dataobj)
     assert not np.array_equal(a, other)  # seed 2
-    with pytest.raises(OutputExistsError, match="--overwrite"):
-        runner(tmp_path / "a").generate(prompt=REPORT, seed=1)
-    runner(tmp_path / "a", overwrite="true").generate(prompt=REPORT, seed=1)
+    with pytest.raises(OutputExistsError, match="guidance_scale differs.*--overwrite"):  # another request
+        runner(tmp_path / "a", guidance_scale=2.0).generate(prompt=REPORT, seed=1)
+    runner(tmp_path / "a", guidance_scale=2.0, overwrite="true").generate(prompt=REPORT, seed=1)
+    assert json.loads(first[0]["json"].read_text())["guidance_scale"] == 2.0
 
 
 def _mask_case(tmp_path, shape=(40, 40, 40), spacing=(8.0, 8.0, 8.0)):
@@ -291,3 +292,101 @@ def test_sidecar_counts_network_evaluations(runner, tmp_path):
     assert json.loads(guided["json"].read_text())["network_evaluations"] == {"lowres": 4, "sr": 2}
     (free,) = run.generate(prompt=None, lobe=str(_mask_case(tmp_path)["lobe"]))  # no report: one branch
     assert json.loads(free["json"].read_text())["network_evaluations"] == {"lowres": 2, "sr": 2}
+
+
+# --- bad values, interruptions and reruns ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("guidance_scale", float("nan"), "--guidance_scale must be a finite number"),
+        ("guidance_scale", "inf", "--guidance_scale must be a finite number"),
+        ("guidance_scale", "abc", "--guidance_scale must be a number"),
+        ("steps_lowres", "abc", "--steps_lowres must be a number"),
+        ("steps_sr", 2.5, "--steps_sr must be a whole number"),
+        ("overwrite", "maybe", "--overwrite must be true or false"),
+        ("sr_tile", "abc", "--sr_tile must be three sizes"),
+        ("sr_tile", [0, -1, -1], "--sr_tile sizes must be positive"),
+        ("sr_overlap", 1.0, "--sr_overlap must be at most"),
+        ("spacing", [1.0, float("nan"), 1.0], "--spacing must be a finite number"),
+    ],
+)
+def test_malformed_option_values_are_named_in_one_line(runner, tmp_path, option, value, message):
+    with pytest.raises(ValueError, match=message) as raised:
+        runner(tmp_path, **{option: value})
+    assert "\n" not in str(raised.value)
+
+
+def test_a_non_finite_sample_is_never_written(weights, tmp_path):
+    from scripts.inference.writer import SampleWriter
+
+    writer = SampleWriter(tmp_path)
+    volume = torch.zeros(4, 8, 8, 8)
+    volume[0, 1, 2, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match="1 NaN or inf values"):
+        writer.write("s", volume, {"prompt": "x"}, np.eye(4))
+    assert list(tmp_path.iterdir()) == []
+    from scripts.data.io import json_text
+
+    assert json.loads(json_text({"v": float("nan"), "w": [float("inf")]})) == {"v": None, "w": [None]}
+
+
+def test_output_dir_that_is_a_file_is_refused_before_any_compute(runner, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    run = runner(blocker / "sub")
+    monkeypatch.setattr(MedSynPipeline, "__call__", lambda *a, **k: pytest.fail("sampled before the check"))
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        run.generate(prompt=REPORT)
+    assert blocker.read_text() == "x"
+
+
+def test_rerun_keeps_finished_samples_and_remakes_an_interrupted_one(runner, tmp_path):
+    first = runner(tmp_path).generate(prompt=REPORT, num_samples=2)
+    kept_mtime = first[0]["ct"].stat().st_mtime_ns
+    first[1]["json"].unlink()  # killed after the volumes, before the sidecar
+    stale = tmp_path / f".{first[1]['ct'].name}.x1y2z3.tmp.nii.gz"
+    stale.write_bytes(b"half a file")
+    again = runner(tmp_path).generate(prompt=REPORT, num_samples=2)
+    assert [p["json"] for p in again] == [p["json"] for p in first]
+    assert first[0]["ct"].stat().st_mtime_ns == kept_mtime  # finished: kept, not sampled again
+    assert json.loads(first[1]["json"].read_text())["seed"] == 1 and not stale.exists()
+
+
+def test_killed_overwrite_leaves_a_visibly_incomplete_sample(runner, tmp_path, monkeypatch):
+    import scripts.inference.writer as writer_module
+
+    (old,) = runner(tmp_path).generate(prompt=REPORT)
+    real_write = writer_module.write_nifti
+
+    def die_after_ct(path, *args, **kwargs):
+        if "_lobe" in str(path):
+            raise KeyboardInterrupt  # stands for kill -9 halfway through the sample
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "write_nifti", die_after_ct)
+    with pytest.raises(KeyboardInterrupt):
+        runner(tmp_path, guidance_scale=3.0, overwrite=True).generate(prompt=REPORT)
+    assert not old["json"].exists() and not old["png"].exists()  # no old description beside the new CT
+    monkeypatch.setattr(writer_module, "write_nifti", real_write)
+    runner(tmp_path, guidance_scale=3.0).generate(prompt=REPORT)  # no --overwrite needed: it was incomplete
+    assert json.loads(old["json"].read_text())["guidance_scale"] == 3.0 and old["lobe"].is_file()
+
+
+def test_synthesize_adds_to_the_dataset_index_instead_of_replacing_it(runner, tmp_path):
+    runner(tmp_path).synthesize(prompt=REPORT, num_samples=2, num_folds=2)
+    datalist = runner(tmp_path).synthesize(prompt=REPORT, seed=2, num_samples=1, num_folds=2)
+    items = json.loads(datalist.read_text())["training"]
+    assert [(item["image"], item["fold"]) for item in items] == [
+        ("prompt_seed0_ct.nii.gz", 0),
+        ("prompt_seed1_ct.nii.gz", 1),
+        ("prompt_seed2_ct.nii.gz", 0),
+    ]
+    assert all((tmp_path / item["label"]).is_file() for item in items)
+    foreign = tmp_path / "other"
+    foreign.mkdir()
+    (foreign / "datalist.json").write_text(json.dumps({"training": [{"image": "a.nii.gz"}]}))
+    with pytest.raises(OutputExistsError, match="datalist of another dataset"):
+        runner(foreign).synthesize(prompt=REPORT)
+    assert sorted(p.name for p in foreign.iterdir()) == ["datalist.json"]

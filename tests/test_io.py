@@ -1,5 +1,7 @@
 """Safe output writing: atomic, no silent overwrite, NIfTI with the true affine and the asked-for dtype."""
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -66,3 +68,32 @@ def test_unreadable_files_are_named(tmp_path):
         read_nifti(bad)
     with pytest.raises(ValueError, match="spacing"):
         ras_affine((1, 0, 1), (2, 2, 2))
+
+
+def test_output_folder_is_checked_before_any_work(tmp_path):
+    from scripts.data.io import check_output_folder
+
+    assert check_output_folder(tmp_path / "new" / "dir").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        check_output_folder(tmp_path / "file" / "sub", "out")
+    if Path("/sys").is_dir():  # a folder no process may create (root included)
+        with pytest.raises(PermissionError, match="--output_dir /sys/medsyn_test: cannot write there"):
+            check_output_folder("/sys/medsyn_test")
+
+
+def test_stale_temporaries_of_a_file_are_removed_and_others_kept(tmp_path):
+    from scripts.data.io import remove_stale_temporaries
+
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.nii.gz") as tmp:
+            tmp.write_bytes(b"half")
+            left = tmp_path / "left.tmp.nii.gz"
+            left.write_bytes(b"x")  # a process killed here could not have removed it
+            raise RuntimeError
+    stale = [tmp_path / ".a.nii.gz.k2j3.tmp.nii.gz", tmp_path / ".b.json.zz.tmp.json"]
+    for path in stale:
+        path.write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path, "a.nii.gz") == [stale[0]]
+    assert stale[1].exists() and remove_stale_temporaries(tmp_path) == [stale[1]]
+    assert (tmp_path / "left.tmp.nii.gz").exists()  # not a temporary of atomic_path: kept

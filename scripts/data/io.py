@@ -53,6 +53,55 @@ def refuse_existing(
             raise OutputExistsError(f"{path} already exists; {fix}")
 
 
+TEMPORARY_MARK = ".tmp"
+
+
+def _temporary_glob(name: str | None) -> str:
+    # atomic_path names its temporaries ".<final name>.<random>.tmp<suffix>"
+    return f".{name}.*{TEMPORARY_MARK}*" if name else f".*{TEMPORARY_MARK}*"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove what interrupted atomic writes left in ``folder``: the temporaries of the file ``name``, or of every
+    file when ``name`` is None; returns the removed paths.
+
+    A killed process cannot remove its temporary file, so the next run of the same job calls this for the files it
+    owns (a checkpoint folder, a sample's files) before writing them again. Never call it on a folder another live
+    process is writing into.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.glob(_temporary_glob(name))):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def check_output_folder(folder: str | os.PathLike, option: str = "output_dir") -> Path:
+    """Make sure ``folder`` is (or can be made) a writable folder, before any compute; returns it.
+
+    Raises:
+        NotADirectoryError: it, or a parent of it, is a file.
+        PermissionError: it cannot be created or written into.
+    """
+    folder = Path(folder)
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise NotADirectoryError(f"--{option} {folder}: {part} is a file, not a folder; give a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"--{option} {folder}: cannot write there ({err.strerror}); give a writable folder"
+        ) from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error remove it.
@@ -65,7 +114,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     path = Path(path)
     refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{_suffixes(path)}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMPORARY_MARK}{_suffixes(path)}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -78,8 +127,24 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
 
 
 def json_text(obj: Any) -> str:
-    """``obj`` as the bundle writes JSON: 4-space indentation (the model zoo's), keys in order, UTF-8 text."""
-    return json.dumps(obj, indent=4, ensure_ascii=False, default=_json_default) + "\n"
+    """``obj`` as the bundle writes JSON: 4-space indentation (the model zoo's), keys in order, UTF-8 text.
+
+    A NaN or infinite number (a measure that could not be taken) is written as ``null``: Python's ``NaN`` and
+    ``Infinity`` are not JSON, and other readers refuse the file.
+    """
+    return json.dumps(_finite(obj), indent=4, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+        return _finite(obj.tolist())
+    return obj
 
 
 def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = False) -> Path:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from scripts.cli import parse_number
 from scripts.engines.data import ConfigError, check_crop
 from scripts.networks import PRESETS, STAGES
 
@@ -78,8 +79,12 @@ def check_training_config(
     per_process_batch(batch_size, accumulation_steps)
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
         raise ConfigError(f"config 'max_epochs': expected a positive integer, got {max_epochs!r}")
-    if not float(lr) > 0:
-        raise ConfigError(f"config 'lr': expected a positive learning rate, got {lr!r}")
+    try:
+        finite_lr = parse_number(lr, "lr")
+    except ValueError:
+        finite_lr = 0.0
+    if not finite_lr > 0:  # NaN, inf and text are refused here, not found as a NaN loss later
+        raise ConfigError(f"config 'lr': expected a positive finite learning rate, got {lr!r}")
     if amp and torch.device(device).type == "cpu":
         logger.warning("amp is on but the device is the CPU: autocast there is much slower than float32 (--amp false)")
     if stage == "sr" and crop_size is not None:

@@ -31,6 +31,7 @@ from monai.transforms import Compose, Orientationd
 from monai.utils import convert_to_dst_type
 from torch import nn
 
+from scripts.cli import exit_in_one_line, parse_bool, parse_number, parse_tile
 from scripts.conventions import (
     AIRWAY,
     LOBE,
@@ -47,7 +48,6 @@ from scripts.data.transforms import build_channel_preprocessing
 from scripts.diffusion import ContinuousDDIMScheduler
 from scripts.inference.cascade import WEIGHTS_HINT, describe_cascade, load_cascade
 from scripts.inference.pipeline import MedSynPipeline
-from scripts.inference.workflow import _as_bool, _as_tile, exit_in_one_line
 from scripts.networks.unet import MedSynUNet
 from scripts.networks.weights import WeightsNotFoundError, load_state
 
@@ -105,16 +105,14 @@ class JointSegmentationNetwork(nn.Module):
         size = (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(s) for s in size)
         if len(size) != 3 or min(size) < 1 or any(s % LOWRES_FACTOR for s in size):
             raise ValueError(f"size must be three positive sizes divisible by {LOWRES_FACTOR}, got {list(size)}")
-        if int(steps_lowres) < 1 or int(steps_sr) < 1:
-            raise ValueError(f"step counts must be >= 1, got steps_lowres={steps_lowres}, steps_sr={steps_sr}")
-        if int(seed) < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.lowres, self.sr = lowres, sr
         self.size = size
-        self.steps_lowres, self.steps_sr, self.seed = int(steps_lowres), int(steps_sr), int(seed)
-        tile = _as_tile(sr_tile)
+        self.steps_lowres = parse_number(steps_lowres, "steps_lowres", int, minimum=1)
+        self.steps_sr = parse_number(steps_sr, "steps_sr", int, minimum=1)
+        self.seed = parse_number(seed, "seed", int, minimum=0)
+        tile = parse_tile(sr_tile)
         self.sr_tile = tile if tile in (None, "auto") else tuple(tile)
-        self.sr_overlap = float(sr_overlap)
+        self.sr_overlap = parse_number(sr_overlap, "sr_overlap", minimum=0.0, maximum=0.95)
         self.progress = progress
         self.conventions = conventions
 
@@ -253,7 +251,7 @@ def segmentation_datalist(
         if len(set(outputs)) != len(outputs):
             raise ValueError(f"two inputs would write the same label map in {output_dir}; rename one of them")
         taken = [p.name for p in outputs if p.exists()]
-        if taken and not _as_bool(overwrite):
+        if taken and not parse_bool(overwrite, "overwrite"):
             raise OutputExistsError(
                 f"{output_dir}: {', '.join(taken)} already exist; pass --overwrite true or another --output_dir"
             )

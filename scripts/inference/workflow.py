@@ -4,65 +4,40 @@
 :class:`~scripts.inference.pipeline.MedSynPipeline`, puts fixed anatomy or CT inputs on the model grid, and writes
 every sample with :class:`~scripts.inference.writer.SampleWriter`. :meth:`InferenceRunner.run` is the command-line
 face: any failure ends the process with one line naming the problem, after the samples already finished were kept.
+
+Rerunning a command resumes it: a sample whose files are complete and whose sidecar records the same request
+(report, seed, settings, weights, fixed inputs) is kept, an incomplete one (no sidecar: an interrupted write) is made
+again, and one finished for another request is refused unless ``--overwrite true``; all of it decided before any
+sampling. ``synthesize`` merges its cases into the folder's ``datalist.json`` instead of replacing the index.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from scripts.conventions import LOWRES_FACTOR, SEGMENTATION_LABELS, combine_labels
-from scripts.data.io import write_json, write_nifti, write_text
+from scripts.cli import exit_in_one_line, parse_bool, parse_number, parse_optional_numbers, parse_tile
+from scripts.conventions import LOWRES_FACTOR, SEGMENTATION_LABELS
+from scripts.data.io import OutputExistsError, check_output_folder, json_text, write_json, write_text
 from scripts.data.transforms import build_channel_preprocessing
 from scripts.diffusion import ContinuousDDIMScheduler
 from scripts.inference.cascade import load_cascade
 from scripts.inference.pipeline import MedSynPipeline
 from scripts.inference.prompts import Prompt, read_prompts
-from scripts.inference.writer import SYNTHETIC_DESCRIPTION, SampleWriter
+from scripts.inference.writer import SampleWriter
 
 logger = logging.getLogger(__name__)
 
 FIXED_INPUTS = {"image": "ct", "lobe": "lobe", "airway": "airway", "vessel": "vessel"}  # CLI key → channel
 
-
-@contextmanager
-def exit_in_one_line(command: str) -> Iterator[None]:
-    """For the command line: any failure inside ends the process with ``medsyn <command> failed: <Type>: <message>``
-    instead of a traceback. An error MONAI wrapped while applying a transform ("applying transform <...>") is
-    reported by its cause, which names the case and the fix."""
-    try:
-        yield
-    except Exception as err:
-        while err.__cause__ is not None and str(err).startswith("applying transform"):
-            err = err.__cause__
-        raise SystemExit(f"medsyn {command} failed: {type(err).__name__}: {err}") from None
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"expected true or false, got {value!r}")
-        return value.lower() in ("true", "1", "yes")
-    return bool(value)
-
-
-def _as_tile(value: Any) -> list[int] | str | None:
-    """``--sr_tile``: a (D, H, W) list, None / "null" / "none" (the command line gives strings) for the whole volume,
-    or "auto" (the whole volume when the device has room, else slabs)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "")):
-        return None
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    if isinstance(value, str) or len(value) != 3:
-        raise ValueError(f"--sr_tile must be three sizes [D, H, W] (-1 = whole axis), null or auto, got {value!r}")
-    return [int(v) for v in value]
+DATALIST_NAME = "MedSyn-MONAI synthetic chest CT"
 
 
 class InferenceRunner:
@@ -82,7 +57,8 @@ class InferenceRunner:
             whole volume when the device has room, else slabs (the sidecar records which).
         sr_overlap: tile overlap fraction.
         device: torch device (default CUDA when available).
-        overwrite: replace existing sample files.
+        overwrite: replace existing sample files (otherwise a rerun keeps the finished samples of the same request
+            and makes the rest).
         progress: progress bars.
         size_mode: how fixed inputs are put on the model grid instead of the recorded way (``pad_crop``, ``resize``,
             ``atlas``).
@@ -113,11 +89,14 @@ class InferenceRunner:
         self.output_dir = output_dir
         self.text_encoder = text_encoder if isinstance(text_encoder, (str, type(None))) else None
         self._text_encoder = None if self.text_encoder is not None or text_encoder is None else text_encoder
-        self.guidance_scale, self.steps_lowres, self.steps_sr = float(guidance_scale), int(steps_lowres), int(steps_sr)
-        self.spacing_override = spacing
-        self.sr_tile, self.sr_overlap = _as_tile(sr_tile), float(sr_overlap)
+        self.guidance_scale = parse_number(guidance_scale, "guidance_scale")
+        self.steps_lowres = parse_number(steps_lowres, "steps_lowres", int, minimum=1)
+        self.steps_sr = parse_number(steps_sr, "steps_sr", int, minimum=1)
+        self.spacing_override = parse_optional_numbers(spacing, "spacing", minimum=1e-3)
+        self.sr_tile = parse_tile(sr_tile)
+        self.sr_overlap = parse_number(sr_overlap, "sr_overlap", minimum=0.0, maximum=0.95)
         self.device = torch.device(device) if device is not None else None
-        self.overwrite = _as_bool(overwrite)
+        self.overwrite = parse_bool(overwrite, "overwrite")
         self.progress = progress
         self.size_mode_override = size_mode or None
         self.text_encoder_base = text_encoder_base or None
@@ -220,48 +199,67 @@ class InferenceRunner:
         lobe: str | None = None,
         airway: str | None = None,
         vessel: str | None = None,
+        label: bool = False,
     ) -> list[dict[str, Path]]:
         """Generate ``num_samples`` per prompt (seeds ``seed``, ``seed + 1``, ...) and write them.
 
         The reports come from ``prompt`` or ``prompt_file``; with neither, fixed inputs alone give report-free
         samples named ``segmentation`` (CT given) or ``anatomy``, and otherwise ``default_prompt`` is used.
-        Returns the written paths of every sample.
+        Samples already finished for the same request are kept (see the module docstring). ``label`` also writes
+        each sample's combined label map (``synthesize``). Returns the paths of every sample of the request.
         """
-        num_samples, seed = int(num_samples), int(seed)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        num_samples = parse_number(num_samples, "num_samples", int, minimum=1)
+        seed = parse_number(seed, "seed", int, minimum=0)
+        check_output_folder(self.output_dir, "output_dir")
+        self._ensure_loaded()
         inputs = {"image": image, "lobe": lobe, "airway": airway, "vessel": vessel}
         no_report = prompt is None and prompt_file in (None, "")
         if no_report and any(inputs.values()):
             prompts = [Prompt("segmentation" if image else "anatomy", None)]
         else:
             prompts = read_prompts(default_prompt if no_report and default_prompt else prompt, prompt_file)
-        jobs = [(p, seed + i, f"{p.id}_seed{seed + i}") for p in prompts for i in range(num_samples)]
-        for _, _, sample_id in jobs:  # refuse before spending any compute
-            self.writer.check_free(sample_id)
-        fixed, affine = self.load_fixed(inputs)
-        affine = affine if affine is not None else self.grid.output_affine
-        if self.pipeline.sr_network is None:  # stage 1 only: the 64³ grid, 4x the spacing, over the same field of view
-            affine = self.conventions.lowres_affine(affine)
-        written = []
-        for index, (p, sample_seed, sample_id) in enumerate(jobs, start=1):
-            logger.info(f"sample {index}/{len(jobs)}: {sample_id}")
-            output = self.pipeline(p.text, sample_seed, fixed)
+        jobs = []
+        for p in prompts:
+            for sample_seed in range(seed, seed + num_samples):
+                sample_id, request = f"{p.id}_seed{sample_seed}", self._request(p, sample_seed, inputs)
+                jobs.append((sample_id, request, self.writer.plan(sample_id, request, label)))  # refusals: no compute
+        todo = [(sample_id, request) for sample_id, request, action in jobs if action == "write"]
+        if len(todo) < len(jobs):
+            logger.info(
+                f"{len(jobs) - len(todo)} of {len(jobs)} samples already finished with the same request: kept "
+                "(--overwrite true makes them again)"
+            )
+        if todo:
+            fixed, affine = self.load_fixed(inputs)
+            affine = affine if affine is not None else self.grid.output_affine
+            if self.pipeline.sr_network is None:  # stage 1 only: the 64³ grid, 4x the spacing, same field of view
+                affine = self.conventions.lowres_affine(affine)
+        for index, (sample_id, request) in enumerate(todo, start=1):
+            logger.info(f"sample {index}/{len(todo)}: {sample_id}")
+            output = self.pipeline(request["prompt"], request["seed"], fixed)
             volume = output.volume if output.volume is not None else output.lowres
             metadata = {
-                "prompt": p.text,
-                "prompt_id": p.id,
-                "seed": sample_seed,
-                **self.settings,
-                "network_evaluations": self._evaluations(p.text is not None),
+                **request,
+                "network_evaluations": self._evaluations(request["prompt"] is not None),
                 "sr_tile": None if output.sr_tile is None else list(output.sr_tile),
                 "sr_whole_volume": output.volume is not None and output.sr_tile is None,
-                "fixed_inputs": {k: str(v) for k, v in inputs.items() if v},
-                "text_encoder": self.text_encoder_name if p.text is not None else None,
-                "weights": self.weights,
             }
-            written.append(self.writer.write(sample_id, volume, metadata, affine))
-        return written
+            self.writer.write(sample_id, volume, metadata, affine, label)
+        return [self.writer.paths(sample_id, label) for sample_id, _, _ in jobs]
+
+    def _request(self, prompt: Prompt, seed: int, inputs: dict[str, str | None]) -> dict[str, Any]:
+        """What makes a sample what it is, as its sidecar records it: a finished sample recording the same request
+        is kept on a rerun. (How stage 2 was tiled is left out: it depends on free memory, not on the request.)"""
+        request = {
+            "prompt": prompt.text,
+            "prompt_id": prompt.id,
+            "seed": seed,
+            **self.settings,
+            "fixed_inputs": {k: str(v) for k, v in inputs.items() if v},
+            "text_encoder": self.text_encoder_name if prompt.text is not None else None,
+            "weights": self.weights,
+        }
+        return json.loads(json_text(request))  # as read back from the sidecar
 
     def _evaluations(self, with_report: bool) -> dict[str, int | None]:
         """Network evaluations per stage of one sample: one more per stage for official weights (the official loop's
@@ -279,40 +277,31 @@ class InferenceRunner:
     def synthesize(self, num_folds: int = 5, **kwargs: Any) -> Path:
         """Generate samples and an Auto3DSeg dataset beside them: ``<id>_label.nii.gz`` (lobes 1-5, airway 6,
         vessel 7), ``datalist.json`` (``training`` items with ``image``, ``label``, ``fold``) and
-        ``data_src_cfg.yaml`` (modality, datalist, dataroot) for ``monai.apps.auto3dseg.AutoRunner``."""
-        if int(num_folds) < 1:
-            raise ValueError(f"num_folds must be >= 1, got {num_folds}")
-        written = self.generate(**kwargs)
-        root = self.writer.output_dir
-        items = []
-        for i, paths in enumerate(written):
-            label = _combined_label(paths)
-            sample_id = paths["json"].stem
-            label_path = write_nifti(
-                root / f"{sample_id}_label.nii.gz",
-                label[0],
-                label[1],
-                "uint8",
-                self.writer.overwrite,
-                SYNTHETIC_DESCRIPTION,
-            )
-            items.append({"image": paths["ct"].name, "label": label_path.name, "fold": i % int(num_folds)})
+        ``data_src_cfg.yaml`` (modality, datalist, dataroot) for ``monai.apps.auto3dseg.AutoRunner``.
+
+        A folder that holds a dataset already gains this run's cases: its ``datalist.json`` keeps the other cases
+        and their folds (a case made again keeps its fold, a new one gets the next fold in turn).
+        """
+        num_folds = parse_number(num_folds, "num_folds", int, minimum=1)
+        root = Path(self.output_dir)
+        index = _read_dataset_index(root / "datalist.json")  # a foreign datalist.json is refused before sampling
+        written = self.generate(label=True, **kwargs)
+        items = {item["image"]: item for item in index}
+        for paths in written:
+            image = paths["ct"].name
+            fold = items[image]["fold"] if image in items else len(items) % num_folds
+            items[image] = {"image": image, "label": paths["label"].name, "fold": fold}
         datalist = write_json(
             root / "datalist.json",
-            {
-                "name": "MedSyn-MONAI synthetic chest CT",
-                "synthetic": True,
-                "labels": SEGMENTATION_LABELS,
-                "training": items,
-            },
-            overwrite=True,  # the index of the folder, rebuilt from what the run wrote
+            {"name": DATALIST_NAME, "synthetic": True, "labels": SEGMENTATION_LABELS, "training": list(items.values())},
+            overwrite=True,  # the folder's index: the cases it listed are kept, this run's added
         )
         write_text(
             root / "data_src_cfg.yaml",
             f"modality: CT\ndatalist: {datalist.resolve()}\ndataroot: {root.resolve()}\n",
             overwrite=True,
         )
-        logger.info(f"wrote Auto3DSeg datalist {datalist} ({len(items)} cases, {num_folds} folds)")
+        logger.info(f"wrote Auto3DSeg datalist {datalist} ({len(items)} cases, {len(written)} from this run)")
         return datalist
 
     def run_synthesize(self, **kwargs: Any) -> Path:
@@ -321,13 +310,27 @@ class InferenceRunner:
             return self.synthesize(**kwargs)
 
 
-def _combined_label(paths: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
-    """One sample's lobe, airway and vessel files → (label map of ``conventions.SEGMENTATION_LABELS``, affine)."""
-    import nibabel as nib
-
-    lobe = nib.load(str(paths["lobe"]))
-    airway, vessel = (np.asarray(nib.load(str(paths[name])).dataobj) for name in ("airway", "vessel"))
-    return combine_labels(np.asarray(lobe.dataobj), airway, vessel), lobe.affine
+def _read_dataset_index(path: Path) -> list[dict[str, Any]]:
+    """The cases of a synthetic dataset's ``datalist.json`` (none when there is no such file); a datalist of
+    another dataset is refused, since this folder's index would replace it."""
+    if not path.exists():
+        return []
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise OutputExistsError(
+            f"{path} exists and is not a readable datalist ({err}); use another --output_dir"
+        ) from None
+    if not (isinstance(index, dict) and index.get("synthetic") is True and index.get("name") == DATALIST_NAME):
+        raise OutputExistsError(
+            f"{path} is the datalist of another dataset, not of MedSyn-MONAI synthetic cases; use another --output_dir"
+        )
+    if index.get("labels") != json.loads(json_text(SEGMENTATION_LABELS)):  # JSON keys are strings
+        raise OutputExistsError(f"{path} declares other label classes than this bundle's; use another --output_dir")
+    items = index.get("training", [])
+    if not all(isinstance(item, dict) and {"image", "label", "fold"} <= item.keys() for item in items):
+        raise OutputExistsError(f"{path}: its training items lack image / label / fold; use another --output_dir")
+    return items
 
 
 __all__ = ["InferenceRunner"]

@@ -4,13 +4,19 @@ The sample arrives in the network layout of its weights' conventions and is deco
 volume is in RAS whatever the weights (this bundle's or the official MedSyn ones).
 
 ``<id>_ct.nii.gz`` (int16 HU), ``<id>_lobe.nii.gz`` (uint8 0-5), ``<id>_airway.nii.gz``, ``<id>_vessel.nii.gz``
-(uint8 0/1), ``<id>.json`` (how it was made, ``"synthetic": true``) and ``<id>.png``. Every file is written
-atomically; the sidecar is written last, so its presence means the sample is complete. Nothing existing is
-replaced unless ``overwrite`` is set, and that is checked before any work is done.
+(uint8 0/1), ``<id>.json`` (how it was made, ``"synthetic": true``) and ``<id>.png``; with ``label``
+``<id>_label.nii.gz`` too (lobes, airway and vessel in one map, for a segmentation dataset).
+
+Every file is written atomically and the sidecar last, so a sample is complete exactly when its sidecar and the
+files it lists exist. Writing a sample again first removes its sidecar, then its other old files: a process killed
+at any point leaves a sample without a sidecar (visibly incomplete, made again by the next run), never new volumes
+beside an old description. A finished sample is replaced only with ``overwrite``, and that is decided by
+:meth:`SampleWriter.plan` before any sampling.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import datetime, timezone
@@ -21,14 +27,15 @@ import numpy as np
 import torch
 
 import scripts
-from scripts.conventions import CHANNELS, MEDSYN_MONAI, ModelConventions
-from scripts.data.io import OutputExistsError, write_json, write_nifti
+from scripts.conventions import CHANNELS, MEDSYN_MONAI, ModelConventions, combine_labels
+from scripts.data.io import OutputExistsError, remove_stale_temporaries, write_json, write_nifti
 from scripts.visualization import save_montage
 
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_DESCRIPTION = "synthetic: MedSyn-MONAI generated, not a patient"
-_DTYPES = {"ct": "int16", "lobe": "uint8", "airway": "uint8", "vessel": "uint8"}
+_DTYPES = {"ct": "int16", "lobe": "uint8", "airway": "uint8", "vessel": "uint8", "label": "uint8"}
+OVERWRITE_HINT = "pass --overwrite true to replace it, or another --output_dir"
 
 
 def decode_sample(volume: torch.Tensor, conventions: ModelConventions = MEDSYN_MONAI) -> dict[str, np.ndarray]:
@@ -40,6 +47,11 @@ def decode_sample(volume: torch.Tensor, conventions: ModelConventions = MEDSYN_M
     """
     if volume.ndim != 4 or volume.shape[0] != len(CHANNELS):
         raise ValueError(f"expected a (4, D, H, W) volume, got shape {tuple(volume.shape)}")
+    if not torch.isfinite(volume).all():  # a diverged sample must never become a plausible-looking file
+        raise FloatingPointError(
+            f"the sample holds {int((~torch.isfinite(volume)).sum())} NaN or inf values (diverged sampling: check "
+            "the weights, --guidance_scale and the steps); nothing was written"
+        )
     return conventions.decode_ras(volume.detach().float().cpu().numpy())
 
 
@@ -65,22 +77,46 @@ class SampleWriter:
         self.overwrite = overwrite
         self.png = png
 
-    def paths(self, sample_id: str) -> dict[str, Path]:
-        names = {name: f"{sample_id}_{name}.nii.gz" for name in CHANNELS}
-        names["json"] = f"{sample_id}.json"
+    def paths(self, sample_id: str, label: bool = False) -> dict[str, Path]:
+        """The files of ``sample_id`` by key (``ct``, ``lobe``, ``airway``, ``vessel``[, ``label``], ``json``[,
+        ``png``]); the sidecar ``json`` is the last written."""
+        names = {name: f"{sample_id}_{name}.nii.gz" for name in (*CHANNELS, "label")[: len(CHANNELS) + label]}
         if self.png:
             names["png"] = f"{sample_id}.png"
+        names["json"] = f"{sample_id}.json"
         return {key: self.output_dir / name for key, name in names.items()}
 
-    def check_free(self, sample_id: str) -> None:
-        """Raise before generating when any file of ``sample_id`` exists and overwriting is off."""
-        if self.overwrite:
-            return
-        taken = [p.name for p in self.paths(sample_id).values() if p.exists()]
-        if taken:
+    def _sidecar(self, sample_id: str) -> dict[str, Any] | None:
+        """The sample's sidecar, or None when there is none; one that is not this bundle's is refused."""
+        path = self.paths(sample_id)["json"]
+        if not path.exists():
+            return None
+        try:
+            sidecar = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise OutputExistsError(f"{path} exists and is not a sample sidecar ({err}); {OVERWRITE_HINT}") from None
+        if not isinstance(sidecar, dict) or sidecar.get("synthetic") is not True:
+            raise OutputExistsError(f"{path} exists and is not a MedSyn-MONAI sample sidecar; {OVERWRITE_HINT}")
+        return sidecar
+
+    def plan(self, sample_id: str, request: dict[str, Any], label: bool = False) -> str:
+        """``"skip"`` when ``sample_id`` is finished (sidecar and files present) for the same ``request`` (the
+        sidecar holds each of its fields with the same value) and ``overwrite`` is off, else ``"write"``: nothing
+        there, an incomplete sample (an interrupted run), or ``overwrite``. Raises
+        :class:`~scripts.data.io.OutputExistsError` for a sample finished for another request without
+        ``overwrite``. Call it for every sample before sampling any."""
+        paths = self.paths(sample_id, label)
+        sidecar = None if self.overwrite else self._sidecar(sample_id)
+        if sidecar is None or not all(path.exists() for path in paths.values()):
+            return "write"
+        differ = [key for key, value in request.items() if sidecar.get(key) != value]
+        if differ:
             raise OutputExistsError(
-                f"{self.output_dir}: {', '.join(taken)} already exist; pass --overwrite true or another --output_dir"
+                f"{paths['json']}: sample {sample_id} was made for another request ({', '.join(differ)} "
+                f"{'differs' if len(differ) == 1 else 'differ'}); "
+                f"{OVERWRITE_HINT}"
             )
+        return "skip"
 
     def write(
         self,
@@ -88,6 +124,7 @@ class SampleWriter:
         volume: torch.Tensor,
         metadata: dict[str, Any],
         affine: np.ndarray,
+        label: bool = False,
     ) -> dict[str, Path]:
         """Decode and write one sample; returns the written paths.
 
@@ -96,22 +133,30 @@ class SampleWriter:
             volume: (4, D, H, W) network-layout volume in network units.
             metadata: fields for the sidecar (prompt, seed, guidance, steps, weights, ...).
             affine: RAS affine of the sample's grid (of fixed inputs, or the model grid's).
+            label: also write the combined label map ``<id>_label.nii.gz``.
+
+        Raises:
+            OutputExistsError: the sample is finished and ``overwrite`` is off.
+            FloatingPointError: the volume holds NaN or inf (nothing is written or removed then).
         """
-        self.check_free(sample_id)
+        paths = self.paths(sample_id, label)
+        if not self.overwrite and self._sidecar(sample_id) is not None:
+            raise OutputExistsError(f"{paths['json']} already exists; {OVERWRITE_HINT}")
         arrays = decode_sample(volume, self.conventions)
+        if label:
+            arrays["label"] = combine_labels(arrays["lobe"], arrays["airway"], arrays["vessel"])
         shape = arrays["ct"].shape
         affine = np.asarray(affine, dtype=np.float64)
-        paths = self.paths(sample_id)
-        for name in CHANNELS:
-            write_nifti(paths[name], arrays[name], affine, _DTYPES[name], self.overwrite, SYNTHETIC_DESCRIPTION)
-            logger.info(f"wrote {paths[name]}")
+        self._clear(sample_id)
+        for name in paths:
+            if name in arrays:
+                write_nifti(paths[name], arrays[name], affine, _DTYPES[name], True, SYNTHETIC_DESCRIPTION)
+                logger.info(f"wrote {paths[name]}")
         spacing = [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
         if self.png:
             title = str(metadata.get("prompt") or "no report")
             masks = {name: arrays[name] for name in CHANNELS[1:]}
-            save_montage(
-                paths["png"], arrays["ct"], overwrite=self.overwrite, masks=masks, spacing=spacing, title=title
-            )
+            save_montage(paths["png"], arrays["ct"], overwrite=True, masks=masks, spacing=spacing, title=title)
             logger.info(f"wrote {paths['png']}")
         sidecar = {
             "id": sample_id,
@@ -126,6 +171,18 @@ class SampleWriter:
             "bundle_version": scripts.__version__,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        write_json(paths["json"], sidecar, self.overwrite)
+        write_json(paths["json"], sidecar, overwrite=True)  # last: the sample is complete from here on
         logger.info(f"wrote {paths['json']}")
         return paths
+
+    def _clear(self, sample_id: str) -> None:
+        """Remove the old files of ``sample_id``, the sidecar first (the sample is incomplete from then on), and the
+        temporaries an interrupted write of them left."""
+        paths = self.paths(sample_id, label=True)
+        for key in ("json", *[k for k in paths if k != "json"]):
+            if paths[key].exists():
+                paths[key].unlink()
+                logger.info(f"removed the old {paths[key].name}")
+        for path in paths.values():
+            for stale in remove_stale_temporaries(self.output_dir, path.name):
+                logger.info(f"removed {stale.name}, left by an interrupted write")

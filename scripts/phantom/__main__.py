@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from ..cli import ArgumentParser, run_main
 from ..data.io import OutputExistsError
 from .dataset import write_dataset
 from .findings import SEVERITIES, SIDES, TYPES
@@ -13,7 +14,7 @@ from .geometry import FOV_MM
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m scripts.phantom",
         description=f"Write procedural chest-CT phantom cases (CT, lobe/airway/vessel masks, report, truth.json) "
         f"and a datalist. Field of view {FOV_MM:g} mm, spacing FOV/size.",
@@ -57,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("phantom", main)
