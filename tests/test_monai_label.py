@@ -18,7 +18,12 @@ from monai.transforms import LoadImaged, SaveImaged
 
 from scripts.conventions import NUM_SEGMENTATION_LABELS, SEGMENTATION_LABELS, combine_labels
 from scripts.data.io import OutputExistsError, write_nifti
-from scripts.inference.segmentation import JointSegmentationNetwork, main, segmentation_datalist
+from scripts.inference.segmentation import (
+    JointSegmentationNetwork,
+    check_segment_run,
+    main,
+    segmentation_datalist,
+)
 from scripts.networks import WeightsNotFoundError, build_network, preset_config, save_network
 from scripts.phantom import generate_case
 
@@ -168,6 +173,10 @@ def test_segment_command_fails_in_one_line_before_any_compute(bundle, tmp_path):
     bad = write_nifti(tmp_path / "bad.nii.gz", np.full((8, 8, 8), np.nan), np.eye(4), "float32")
     with pytest.raises(SystemExit, match="^medsyn segment failed: DataError: .*bad.nii.gz"):
         segment(image=str(bad))  # found while the evaluator loads it: the root cause, not MONAI's wrapper
+    stale = tmp_path / ".ct_seg.nii.gz.k9x.tmp.nii.gz"  # left by a run killed while writing
+    stale.write_bytes(b"half a label map")
+    check_segment_run(bundle.ct, None, tmp_path, "seg", True, bundle.lowres, bundle.sr, bundle.model)
+    assert not stale.exists()
 
 
 def test_same_seed_same_labels_whatever_the_batch(bundle):

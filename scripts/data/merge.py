@@ -3,15 +3,15 @@ several (see :func:`scripts.data.datalist.merge_datalists`), e.g. phantom sets g
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from scripts.cli import ArgumentParser, run_main
 from scripts.data.datalist import DataError, merge_datalists
 from scripts.data.io import OutputExistsError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.data.merge", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m scripts.data.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", help="datalist files, merged in this order")
     parser.add_argument("--out", required=True, help="the merged datalist; relative paths are rewritten for it")
     parser.add_argument("--training_per_source", type=int, help="keep the first N training items of each source")
@@ -30,4 +30,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("merge", main)

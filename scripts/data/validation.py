@@ -9,9 +9,7 @@ The same checks run inside the preprocessing pipeline (:class:`scripts.data.tran
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from scripts.cli import ArgumentParser, run_main
 from scripts.conventions import MASK_KEYS, NUM_LOBES
 from scripts.data.datalist import (
     IMAGE_KEY,
@@ -264,7 +263,7 @@ def scan_dataset(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: print every bad case of a datalist; exit status 1 when any is found."""
-    parser = argparse.ArgumentParser(prog="python -m scripts.data.validation", description=main.__doc__)
+    parser = ArgumentParser(prog="python -m scripts.data.validation", description=main.__doc__)
     parser.add_argument("--datalist", required=True, help="datalist JSON file")
     parser.add_argument("--dataset_dir", default=None, help="root of relative paths (default: the datalist's folder)")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), help="sections to scan")
@@ -279,4 +278,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("validation", main)

@@ -17,7 +17,6 @@ Label's ``monaibundle`` app expect of ``configs/inference.json``:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from monai.transforms import Compose, Orientationd
 from monai.utils import convert_to_dst_type
 from torch import nn
 
-from scripts.cli import exit_in_one_line, parse_bool, parse_number, parse_tile
+from scripts.cli import ArgumentParser, exit_in_one_line, parse_bool, parse_number, parse_tile
 from scripts.conventions import (
     AIRWAY,
     LOBE,
@@ -43,7 +42,13 @@ from scripts.conventions import (
     combine_labels,
 )
 from scripts.data.datalist import IMAGE_KEY
-from scripts.data.io import OutputExistsError, atomic_path, refuse_existing
+from scripts.data.io import (
+    OutputExistsError,
+    atomic_path,
+    check_output_folder,
+    refuse_existing,
+    remove_stale_temporaries,
+)
 from scripts.data.transforms import build_channel_preprocessing
 from scripts.diffusion import ContinuousDDIMScheduler
 from scripts.inference.cascade import WEIGHTS_HINT, describe_cascade, load_cascade
@@ -246,8 +251,7 @@ def segmentation_datalist(
     if not paths:
         raise ValueError("nothing to segment: pass --image CT.nii.gz or --dataset_dir FOLDER (of NIfTI CTs)")
     if output_dir is not None:
-        layout = FolderLayout(output_dir, postfix=postfix, extension=".nii.gz")
-        outputs = [Path(layout.filename(subject=str(p))) for p in paths]
+        outputs = [_label_path(output_dir, postfix, p) for p in paths]
         if len(set(outputs)) != len(outputs):
             raise ValueError(f"two inputs would write the same label map in {output_dir}; rename one of them")
         taken = [p.name for p in outputs if p.exists()]
@@ -256,6 +260,11 @@ def segmentation_datalist(
                 f"{output_dir}: {', '.join(taken)} already exist; pass --overwrite true or another --output_dir"
             )
     return [{IMAGE_KEY: str(p)} for p in paths]
+
+
+def _label_path(output_dir: str | os.PathLike, postfix: str, image: str | os.PathLike) -> Path:
+    """Where ``SaveImaged`` (``separate_folder=False``) writes the label map of ``image``."""
+    return Path(FolderLayout(output_dir, postfix=postfix, extension=".nii.gz").filename(subject=str(image)))
 
 
 def check_segment_run(
@@ -280,6 +289,10 @@ def check_segment_run(
         items = segmentation_datalist(image, dataset_dir, output_dir, postfix, overwrite)
         describe_cascade(lowres_weights or "", sr_weights, require_sr=True)
         _require_file(segment_weights)
+        if output_dir is not None:
+            check_output_folder(output_dir, "output_dir")
+            for item in items:  # what an interrupted run of the same command left
+                remove_stale_temporaries(output_dir, _label_path(output_dir, postfix, item[IMAGE_KEY]).name)
     return items
 
 
@@ -333,7 +346,7 @@ def export_weights(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m scripts.inference.segmentation",
         description="Write the segmentation entry's weights (models/model.pt) from the two stages' weight files.",
     )

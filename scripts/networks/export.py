@@ -22,7 +22,6 @@ back and compared with the eager network on random inputs; the maximum absolute 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from scripts.cli import ArgumentParser, run_main
 from scripts.conventions import LOWRES_FACTOR
 from scripts.data.io import OutputExistsError, atomic_path, refuse_existing
 from scripts.networks.unet import MedSynUNet
@@ -178,7 +178,7 @@ def export_weights(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, type=Path, help="weights NAME.pt with NAME.json beside it")
     parser.add_argument("--out", required=True, type=Path, help="file to write (.ts or .pt2)")
     parser.add_argument("--format", default="torchscript", choices=FORMATS)
@@ -197,4 +197,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("torchscript export", main)

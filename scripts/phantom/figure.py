@@ -6,13 +6,13 @@ radiological convention: the patient's right on the image left, anterior up in t
 
 from __future__ import annotations
 
-import argparse
 import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 
+from ..cli import ArgumentParser, run_main
 from ..visualization import save_montage
 from .case import PhantomCase, generate_case
 
@@ -32,7 +32,7 @@ def slice_index(case: PhantomCase) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.phantom.figure", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m scripts.phantom.figure", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/figures/phantom.png")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=2)
@@ -68,4 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("phantom figure", main)
