@@ -39,6 +39,7 @@ LABEL_MAX = {"lobe": NUM_LOBES, "airway": 1, "vessel": 1}
 LABEL_MEANING = {"lobe": "lungmask LTRCLobes labels", "airway": "a binary mask", "vessel": "a binary mask"}
 AFFINE_ATOL = 1e-3  # mm; mask and image affines may differ by rounding in the header
 Header = tuple[str, tuple[int, ...], np.ndarray]  # (path, shape, affine)
+MIN_VOLUME_AXIS = 4
 
 
 def spatial_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
@@ -102,6 +103,15 @@ def header_problems(name: str, headers: dict[str, Header], affine_atol: float = 
         shape3 = spatial_shape(shape)
         if shape3 is None:
             problems.append(Problem(name, path, f"'{key}' has shape {tuple(shape)}; expected one 3D volume (X, Y, Z)"))
+        elif min(shape3) < MIN_VOLUME_AXIS:  # a slice or a few, which the model grid would stretch into a volume
+            problems.append(
+                Problem(
+                    name,
+                    path,
+                    f"'{key}' has shape {shape3}: fewer than {MIN_VOLUME_AXIS} voxels along an axis is not a 3D "
+                    "volume; give the whole series",
+                )
+            )
         elif not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             problems.append(Problem(name, path, f"'{key}' has a non-finite or singular affine; fix the header"))
         else:

@@ -255,7 +255,7 @@ def segmentation_datalist(
         if len(set(outputs)) != len(outputs):
             raise ValueError(f"two inputs would write the same label map in {output_dir}; rename one of them")
         taken = [p.name for p in outputs if p.exists()]
-        if taken and not parse_bool(overwrite, "overwrite"):
+        if not parse_bool(overwrite, "overwrite") and taken:
             raise OutputExistsError(
                 f"{output_dir}: {', '.join(taken)} already exist; pass --overwrite true or another --output_dir"
             )

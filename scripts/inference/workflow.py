@@ -183,7 +183,7 @@ class InferenceRunner:
         loader = build_channel_preprocessing(
             list(given), grid.input_spacing, grid.size, grid.size_mode, self.conventions
         )
-        loaded = loader(given)
+        loaded = loader({**given, "id": "fixed inputs"})  # the id names them in error messages
         fixed = {FIXED_INPUTS[key]: self.conventions.to_network(loaded[key][0].as_tensor()) for key in given}
         affine = loaded[next(iter(given))].affine.numpy()
         return fixed, affine
