@@ -41,7 +41,7 @@ from scripts.networks import (
     from_official_state_dict,
     infer_official_kwargs,
 )
-from scripts.networks.weights import description_path, save_network
+from scripts.networks.weights import description_path, read_state_file, save_network
 from scripts.text.backends import CXR_BERT
 from scripts.text.encoder import OFFICIAL_LANGUAGE_MODEL
 
@@ -119,7 +119,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
         obj: Any = load_file(str(path), device="cpu")
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = read_state_file(path, "PyTorch checkpoint", "download it again")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -3,7 +3,10 @@
 MONAI's ``CheckpointSaver`` writes non-atomically, so a process killed mid-write can leave a truncated latest
 checkpoint. :class:`AtomicCheckpointSaver` uses Ignite's ``Checkpoint`` with an atomic ``DiskSaver`` (temporary file
 then rename) and keeps the last N; :class:`ResumeFromLatest` is MONAI's ``CheckpointLoader`` pointed at the newest
-complete checkpoint of a folder, so rerunning the same command resumes.
+intact checkpoint of a folder, so rerunning the same command resumes.
+
+A checkpoint that cannot be read (copied in part, damaged on disk) is named in a warning, left in place and passed
+over for the one before it; a rerun removes the temporary files a killed write left in the checkpoint folder.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import json
 import logging
 import random
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +26,9 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
 
 from scripts.conventions import TEXT_TOKENS, ModelConventions, conventions_from_description, get_conventions
+from scripts.data.io import remove_stale_temporaries
 from scripts.networks import MedSynUNet, load_state, read_description
-from scripts.networks.weights import described_network, description_path
+from scripts.networks.weights import UnreadableWeightsError, described_network, description_path, read_state_file
 from scripts.text.backends import OFFICIAL_LM_FILE
 from scripts.text.encoder import OFFICIAL_LANGUAGE_MODEL
 
@@ -42,9 +48,57 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The checkpoint with the highest iteration in ``directory``, or None."""
+    """The checkpoint with the highest iteration in ``directory``, or None (readable or not: see
+    :class:`ResumeFromLatest`)."""
     found = list_checkpoints(directory)
     return found[-1] if found else None
+
+
+def checkpoint_iteration(path: str | Path) -> int:
+    """The iteration in a ``checkpoint_<iteration>.pt`` name."""
+    match = _ITERATION.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not named {CHECKPOINT_PREFIX}_<iteration>.pt")
+    return int(match.group(1))
+
+
+# Ignite's atomic DiskSaver writes into tempfile.NamedTemporaryFile(dir=save_dir): "tmp" and eight characters of
+# tempfile's alphabet, not the ".<name>.<random>.tmp" of scripts.data.io.atomic_path
+_IGNITE_TEMPORARY = re.compile(r"^tmp[a-z0-9_]{8}$")
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _is_ignite_temporary(path: Path) -> bool:
+    if not (_IGNITE_TEMPORARY.match(path.name) and path.is_file()):
+        return False
+    # torch.save writes a zip archive from its first byte: anything else with such a name is not ours to remove
+    with open(path, "rb") as stream:
+        head = stream.read(len(_ZIP_MAGIC))
+    return head in (b"", _ZIP_MAGIC)
+
+
+def remove_checkpoint_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the temporary files of checkpoint writes that a killed run left in ``directory`` (Ignite's
+    ``tmpXXXXXXXX`` and :func:`scripts.data.io.atomic_path`'s ``.<name>.<random>.tmp``); returns them.
+
+    A checkpoint is written to a temporary file then renamed, so a run killed mid-write leaves a whole checkpoint's
+    worth of bytes under a name no run reads. Call it only for a folder no live process is writing into: the
+    training configs' saver does so on rank 0 when it attaches, before the first save of the rerun.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = remove_stale_temporaries(directory)
+    for path in sorted(directory.iterdir()):
+        if _is_ignite_temporary(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.info(
+            f"removed {len(removed)} temporary file(s) of interrupted checkpoint writes from {directory}: "
+            + ", ".join(p.name for p in removed)
+        )
+    return removed
 
 
 class RNGState:
@@ -98,6 +152,8 @@ def _process_rank() -> int:
 class AtomicCheckpointSaver:
     """Save ``save_dict`` every ``save_interval`` iterations and at the end, atomically, keeping the last ``n_saved``.
 
+    When it attaches (rank 0), it removes the temporary files a killed write left in ``save_dir``.
+
     Args:
         save_dir: folder for ``checkpoint_<iteration>.pt`` files.
         save_dict: name → object with ``state_dict()`` (network, EMA, optimizer, scaler, scheduler, trainer, RNG).
@@ -122,6 +178,8 @@ class AtomicCheckpointSaver:
         self.save_interval = save_interval
         self.save_final = save_final
         self.n_saved = n_saved
+        self._trained = False  # an iteration ran in this process
+        self._last_saved: int | None = None
         # Ignite's own n_saved only knows the files of this process; pruning on disk also covers a resumed run
         self._checkpoint = Checkpoint(
             to_save=save_dict,
@@ -134,35 +192,88 @@ class AtomicCheckpointSaver:
         )
 
     def attach(self, engine: Engine) -> None:
+        if _process_rank() == 0:  # the only writer; other ranks must not race it
+            remove_checkpoint_temporaries(self.save_dir)
+        # registered before the save handler, so an interval save already sees its iteration as trained
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._note_training)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self)
         if self.save_final:
             engine.add_event_handler(Events.COMPLETED, self)
 
+    def _note_training(self, engine: Engine) -> None:
+        self._trained = True
+
     def __call__(self, engine: Engine) -> None:
-        if (self.save_dir / f"{CHECKPOINT_PREFIX}_{engine.state.iteration}.pt").exists():
-            return  # the final save fell on an interval save, or a resumed run has nothing new
+        iteration = engine.state.iteration
+        if iteration == self._last_saved:
+            return  # the final save fell on an interval save
+        if (self.save_dir / f"{CHECKPOINT_PREFIX}_{iteration}.pt").exists() and not self._trained:
+            return  # a resumed run with nothing new: that file is the one it resumed from
+        # any other file of this iteration is one the run did not resume from (passed over as unreadable, or left by
+        # a run this one started over from): the new checkpoint replaces it
         self._checkpoint(engine)
+        self._last_saved = iteration
         logger.info(f"saved checkpoint {self._checkpoint.last_checkpoint}")
         if self.n_saved is not None:
-            for old in list_checkpoints(self.save_dir)[: -self.n_saved]:
+            # checkpoints past this iteration are not of this run's line (the loader passed over them as unreadable,
+            # or this run started over): counting them would delete the intact ones this run just wrote
+            mine = [p for p in list_checkpoints(self.save_dir) if checkpoint_iteration(p) <= iteration]
+            for old in mine[: -self.n_saved]:
                 old.unlink()
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint written by another network than the one this run builds (another preset or overrides)."""
+
+
+def _state_difference(own: Mapping[str, Any], saved: Mapping[str, Any]) -> str:
+    """What differs between two flat state dicts ("" when keys and shapes agree), for a one-line message."""
+    missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+    shapes = sorted(
+        k
+        for k in own.keys() & saved.keys()
+        if isinstance(own[k], torch.Tensor) and isinstance(saved[k], torch.Tensor) and own[k].shape != saved[k].shape
+    )
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} keys missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if shapes:
+        first = shapes[0]
+        parts.append(
+            f"{len(shapes)} shapes differ, e.g. {first} {list(saved[first].shape)} there, {list(own[first].shape)} here"
+        )
+    return "; ".join(parts)
+
+
+def _is_tensor_state(state: Any) -> bool:
+    # a module's (or the EMA's) state dict: the optimizer's, trainer's and RNG's hold other values too
+    return isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
 class ResumeFromLatest(CheckpointLoader):
-    """MONAI's ``CheckpointLoader`` that loads the newest checkpoint of ``load_dir`` when the run starts, and
+    """MONAI's ``CheckpointLoader`` that loads the newest intact checkpoint of ``load_dir`` when the run starts, and
     does nothing when there is none (a fresh run). Rerunning a killed command therefore continues it.
+
+    A checkpoint that cannot be read (truncated, damaged, not a PyTorch file) is named in a warning and left in
+    place, and the one before it is tried; the saver replaces it when the run gets back to its iteration.
 
     Args:
         load_dir: folder written by :class:`AtomicCheckpointSaver`.
         load_dict: the same name → object mapping that was saved.
         map_location: passed to ``torch.load`` (loading uses ``weights_only=True``).
+
+    Raises (when the run starts):
+        ValueError: every checkpoint is unreadable, the checkpoint was written by another network
+            (:class:`CheckpointMismatchError`), or it is past ``max_epochs``; one line naming the file(s) and the fix.
     """
 
     def __init__(self, load_dir: str | Path, load_dict: dict, map_location: dict | str | None = None) -> None:
         self.load_dir = Path(load_dir)
         latest = latest_checkpoint(self.load_dir)
         super().__init__(load_path=str(latest) if latest else "", load_dict=load_dict, map_location=map_location)
-        self.found = latest
+        self.found = latest  # the newest file; after loading, the one loaded
 
     def attach(self, engine: Engine) -> None:
         if self.found is None:
@@ -170,17 +281,66 @@ class ResumeFromLatest(CheckpointLoader):
             return
         super().attach(engine)
 
+    def _read_newest_intact(self) -> tuple[Path, dict]:
+        """The newest checkpoint that reads, and its contents; warns of each newer one that does not."""
+        unreadable = []
+        for path in reversed(list_checkpoints(self.load_dir)):
+            try:
+                checkpoint = read_state_file(
+                    path,
+                    "training checkpoint",
+                    "left in place and passed over for the checkpoint before it",
+                    map_location=self.map_location,
+                    verify=True,
+                )
+            except (UnreadableWeightsError, FileNotFoundError) as err:
+                # FileNotFoundError: gone between listing and reading (pruned by a run still writing here)
+                logger.warning(str(err) if isinstance(err, UnreadableWeightsError) else f"{path} vanished: skipped")
+                unreadable.append(path.name)
+                continue
+            if not isinstance(checkpoint, Mapping):
+                logger.warning(f"{path} holds a {type(checkpoint).__name__}, not a training checkpoint: skipped")
+                unreadable.append(path.name)
+                continue
+            return path, dict(checkpoint)
+        raise ValueError(
+            f"no readable checkpoint in {self.load_dir} ({', '.join(reversed(unreadable))} truncated or damaged): "
+            "delete them to start afresh, or pass --resume false"
+        )
+
+    def _check_same_network(self, path: Path, checkpoint: Mapping[str, Any]) -> None:
+        """Refuse, before anything is loaded, a checkpoint whose modules have other keys or shapes."""
+        for name, obj in self.load_dict.items():
+            saved = checkpoint.get(name)
+            if not _is_tensor_state(saved) or not hasattr(obj, "state_dict"):
+                continue
+            own = obj.state_dict()
+            if not _is_tensor_state(own):
+                continue
+            difference = _state_difference(own, saved)
+            if difference:
+                raise CheckpointMismatchError(
+                    f"{path} was written by a different network ({name}: {difference}): use the same preset and "
+                    "network_overrides as that run, or another output_dir, or --resume false"
+                )
+
     def __call__(self, engine: Engine) -> None:
+        path, checkpoint = self._read_newest_intact()
+        self.found, self.load_path = path, str(path)
+        first = next(iter(self.load_dict))
+        if len(self.load_dict) == 1 and first not in checkpoint:  # a bare state dict, as MONAI's loader accepts
+            checkpoint = {first: checkpoint}
+        self._check_same_network(path, checkpoint)
         max_epochs = engine.state.max_epochs
-        try:
-            super().__call__(engine)
-        except ValueError as err:
-            if "max_epochs" not in str(err):
-                raise
+        # MONAI's loader without its torch.load: what the checkpoint restores, and the max_epochs it keeps
+        Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=self.strict)
+        if max_epochs is not None and engine.state.epoch > max_epochs:
             raise ValueError(
-                f"{self.found} is at epoch {engine.state.epoch}, past max_epochs={max_epochs}: pass a larger "
+                f"{path} is at epoch {engine.state.epoch}, past max_epochs={max_epochs}: pass a larger "
                 "--max_epochs to continue this run, or --resume false to start over"
-            ) from None
+            )
+        engine.state.max_epochs = max_epochs
+        self.logger.info(f"Restored all variables from {path}")
 
 
 def start_from_weights(

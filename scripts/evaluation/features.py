@@ -27,6 +27,7 @@ from monai.networks.nets import ResNet, resnet50
 from tqdm import tqdm
 
 from scripts.conventions import HU_MAX, HU_MIN
+from scripts.networks.weights import read_state_file
 
 ROOT = Path(__file__).resolve().parents[2]
 LARGE_FILES = ROOT / "large_files.yml"
@@ -100,7 +101,7 @@ def load_state_dict(model: torch.nn.Module, path: str | Path) -> None:
     Accepts a plain state dict or a checkpoint holding one under ``state_dict`` (MedicalNet's layout).
     """
     path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_file(path)  # one line naming a truncated or damaged file
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):

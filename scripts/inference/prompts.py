@@ -13,12 +13,13 @@ File forms:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.text.reports import ReportError, normalise_text
+from scripts.text.reports import ReportError, normalise_text, read_text_file
 
 MAX_PROMPT_CHARS = 200_000  # far beyond any report; the encoder truncates at its token limit and logs it
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -73,25 +74,20 @@ def read_prompts(prompt: str | None = None, prompt_file: str | Path | None = Non
         files = sorted(path.glob("*.txt"))
         if not files:
             raise ValueError(f"--prompt_file {path}: the folder has no .txt reports")
-        prompts = [Prompt(_safe_id(f.stem, f"report{i}"), _checked(_read(f), str(f))) for i, f in enumerate(files)]
+        prompts = [Prompt(_safe_id(f.stem, f"report{i}"), _checked(read_text_file(f), str(f))) for i, f in enumerate(files)]
     elif path.suffix.lower() == ".csv":
         prompts = _from_csv(path)
     elif path.suffix.lower() == ".json":
         prompts = _from_json(path)
     else:
-        prompts = [Prompt(_safe_id(path.stem, "report"), _checked(_read(path), str(path)))]
+        prompts = [Prompt(_safe_id(path.stem, "report"), _checked(read_text_file(path), str(path)))]
     if not prompts:
         raise ValueError(f"--prompt_file {path}: no reports found")
     return _unique(prompts)
 
 
-def _read(path: Path) -> str:
-    return path.read_bytes().decode("utf-8", errors="replace")
-
-
 def _from_csv(path: Path) -> list[Prompt]:
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(csv.DictReader(io.StringIO(read_text_file(path), newline="")))
     prompts = []
     for i, row in enumerate(rows):
         where = f"{path} row {i + 2}"
@@ -110,7 +106,7 @@ def _from_csv(path: Path) -> list[Prompt]:
 
 def _from_json(path: Path) -> list[Prompt]:
     try:
-        data = json.loads(_read(path))
+        data = json.loads(read_text_file(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if isinstance(data, dict) and "prompts" in data:

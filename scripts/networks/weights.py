@@ -9,9 +9,14 @@ keeps the ``.pt`` file loadable with ``torch.load(weights_only=True)`` by any to
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,94 @@ from scripts.networks.unet import MedSynUNet
 
 class WeightsNotFoundError(FileNotFoundError):
     """Weights missing where the configuration points: the message says where they come from."""
+
+
+class UnreadableWeightsError(ValueError):
+    """A file ``torch.load(weights_only=True)`` cannot read (truncated, damaged, not a PyTorch file, or holding
+    objects other than tensors): the message names the file and what to do."""
+
+
+WEIGHTS_FIX = "re-export or re-download it"
+
+# torch.load's reader errors for bytes that are no (intact) archive; other RuntimeErrors, such as a CUDA location on
+# a machine without CUDA, are not about the file and pass unchanged
+_READER_MESSAGES = ("PytorchStreamReader", "inline_container", "zip archive", "magic number", "protocol version")
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def _is_zip_archive(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _check_archive(path: Path) -> None:
+    """Raise ``zipfile.BadZipFile`` when a zip-format PyTorch file fails its CRC check: torch's reader does not
+    check CRCs, so flipped bytes in tensor data would otherwise load silently as wrong numbers."""
+    if not _is_zip_archive(path):
+        return  # torch's legacy format (or garbage, which torch.load reports)
+    with zipfile.ZipFile(path) as archive:
+        damaged = archive.testzip()
+    if damaged is not None:
+        raise zipfile.BadZipFile(f"CRC check of {damaged} failed")
+
+
+def read_state_file(
+    path: str | os.PathLike,
+    what: str = "PyTorch weights file",
+    fix: str = WEIGHTS_FIX,
+    map_location: Any = "cpu",
+    verify: bool = False,
+) -> Any:
+    """``torch.load(path, weights_only=True)`` of a file in a trusted format, with a one-line error for a file it
+    cannot read.
+
+    Args:
+        path: the file (a state dict, a checkpoint, a tensor).
+        what: what the file should be, for the error ("training checkpoint").
+        fix: the second half of the error (what to do about it).
+        map_location: passed to ``torch.load``.
+        verify: also check the CRCs of a zip-format file first (reads it twice; worth it for a checkpoint that a
+            run is about to continue from).
+
+    Raises:
+        UnreadableWeightsError: truncated, damaged or not a PyTorch file, or holding objects other than tensors and
+            plain containers; one line naming ``path``. Other errors (a missing file, a CUDA location without CUDA)
+            pass unchanged.
+    """
+    path = Path(path)
+    damaged = UnreadableWeightsError(f"{path} is not a readable {what} (truncated or damaged): {fix}")
+    try:
+        if verify:
+            _check_archive(path)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message for a disallowed object proposes weights_only=False, which would run the file's code
+        found = _GLOBAL.search(str(err))
+        if found:
+            raise UnreadableWeightsError(
+                f"{path} holds {found.group(1)} objects, not only tensors, so it is not read: {fix}"
+            ) from None
+        raise damaged from None
+    except (EOFError, zipfile.BadZipFile):
+        raise damaged from None
+    except OSError as err:
+        # torch's zip reader seeks before the start of a file cut short (EINVAL); a missing or forbidden file
+        # (FileNotFoundError, PermissionError: other errnos) is not about its bytes
+        if err.errno != errno.EINVAL:
+            raise
+        raise damaged from None
+    except RuntimeError as err:
+        if not any(message in str(err) for message in _READER_MESSAGES):
+            raise
+        raise damaged from None
+    except (KeyError, IndexError, UnicodeDecodeError):
+        # what the legacy (pickle-stream) reader raises on bytes that are not a pickle; from a zip archive they
+        # would come from somewhere else
+        if _is_zip_archive(path):
+            raise
+        raise damaged from None
 
 
 def description_path(weights: str | os.PathLike) -> Path:
@@ -122,16 +215,28 @@ def load_state(module: torch.nn.Module, path: str | os.PathLike, fits: str, fix:
         fix: appended to the error (how to get a matching file).
 
     Raises:
-        ValueError: missing or unexpected keys (the first five of each named); nothing is loaded partially.
+        UnreadableWeightsError: the file is truncated, damaged or not a PyTorch file (one line naming it).
+        ValueError: missing or unexpected keys (the first five of each named), or tensors of other shapes; nothing
+            is loaded partially.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    keys = set(module.state_dict())
-    missing, unexpected = sorted(keys - set(state)), sorted(set(state) - keys)
+    state = read_state_file(path)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict: {fix or WEIGHTS_FIX}")
+    own = module.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
     if missing or unexpected:
         more = "..." if len(missing) > 5 or len(unexpected) > 5 else ""
         raise ValueError(
             f"{path} does not fit {fits}: missing {missing[:5]}, unexpected {unexpected[:5]}{more}"
             + (f"; {fix}" if fix else "")
+        )
+    # load_state_dict would report shapes in a message of one line per tensor
+    shapes = [k for k, v in own.items() if isinstance(state[k], torch.Tensor) and state[k].shape != v.shape]
+    if shapes:
+        first = shapes[0]
+        raise ValueError(
+            f"{path} does not fit {fits}: {len(shapes)} tensors of other shapes, e.g. {first} "
+            f"{list(state[first].shape)} in the file, {list(own[first].shape)} here" + (f"; {fix}" if fix else "")
         )
     module.load_state_dict(state)
     return module

@@ -223,8 +223,10 @@ def _load_bare_state_dict(resolved: ResolvedModel, head: str, config) -> nn.Modu
     ``strict=False`` would silently keep base weights for missing ones."""
     from transformers import BertForMaskedLM, BertModel
 
+    from scripts.networks.weights import read_state_file  # imported here: importing the text package stays light
+
     path = resolved.path / OFFICIAL_LM_FILE
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_file(path, "PyTorch weights file", "download the official language model again")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     positions = state.get("bert.embeddings.position_embeddings.weight")
     if positions is None:
@@ -250,6 +252,17 @@ def _load_bare_state_dict(resolved: ResolvedModel, head: str, config) -> nn.Modu
     return model
 
 
+def _bert_encoder_class() -> type:
+    """``BertModel`` without its pooler that knows a checkpoint's pooler weights are not needed: transformers then
+    loads it without a report listing them as UNEXPECTED (every other unexpected or missing key is still reported)."""
+    from transformers import BertModel
+
+    class BertEncoder(BertModel):
+        _keys_to_ignore_on_load_unexpected = [r"^pooler\."]
+
+    return BertEncoder
+
+
 def load_bert(model: str | Path | ResolvedModel, head: str = "none", max_positions: int | None = None) -> nn.Module:
     """Load a BERT-family model offline, optionally with the masked-language-modelling head.
 
@@ -268,21 +281,31 @@ def load_bert(model: str | Path | ResolvedModel, head: str = "none", max_positio
     Returns:
         the model in eval mode.
     """
-    from transformers import AutoModel, BertForMaskedLM, BertModel
+    from transformers import AutoModel, BertForMaskedLM
+    from transformers.utils import logging as hf_logging
 
     if head not in ("none", "mlm"):
         raise ValueError(f"head must be 'none' or 'mlm', got {head!r}")
     resolved = _as_resolved(model)
     config = _bert_config(resolved)
     path = str(resolved.path)
-    if resolved.bare_state_dict:
-        network = _load_bare_state_dict(resolved, head, config)
-    elif head == "mlm":
-        network = BertForMaskedLM.from_pretrained(path, config=config, local_files_only=True)
-    elif config.model_type == "bert":  # the pooler is never used: token states only
-        network = BertModel.from_pretrained(path, config=config, add_pooling_layer=False, local_files_only=True)
-    else:
-        network = AutoModel.from_pretrained(path, config=config, local_files_only=True)
+    # no "Loading weights" progress bar for a file read in a moment (it would be the command's only stderr output)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        if resolved.bare_state_dict:
+            network = _load_bare_state_dict(resolved, head, config)
+        elif head == "mlm":
+            network = BertForMaskedLM.from_pretrained(path, config=config, local_files_only=True)
+        elif config.model_type == "bert":  # the pooler is never used: token states only
+            network = _bert_encoder_class().from_pretrained(
+                path, config=config, add_pooling_layer=False, local_files_only=True
+            )
+        else:
+            network = AutoModel.from_pretrained(path, config=config, local_files_only=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if max_positions is not None and max_positions > network.config.max_position_embeddings:
         extend_position_embeddings(network, max_positions)
     return network.eval()

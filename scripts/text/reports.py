@@ -19,6 +19,7 @@ __all__ = [
     "ReportError",
     "ReportSections",
     "normalise_text",
+    "read_text_file",
     "parse_report",
     "encoding_text",
     "split_sentences",
@@ -29,6 +30,24 @@ __all__ = [
 
 class ReportError(ValueError):
     """A report that cannot be used (empty after cleaning, missing, of the wrong type)."""
+
+
+def read_text_file(path: str | Path) -> str:
+    """The text of a user's file (reports, prompt files), which must be UTF-8 (a byte-order mark is dropped).
+
+    A byte that is not UTF-8 is refused with its offset rather than replaced: a silently altered report would
+    condition the model on other text than the user wrote.
+
+    Raises:
+        ReportError: naming the file, the offset and value of the first bad byte, and the fix.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ReportError(
+            f"{path}: byte {err.start} (0x{data[err.start]:02x}) is not UTF-8; save the file as UTF-8"
+        ) from None
 
 
 # header name (lower case, without a trailing "s") → section it opens; sections other than findings and impression
@@ -195,7 +214,7 @@ def report_from_item(item: dict[str, Any], dataset_dir: str | Path | None = None
             path = Path(dataset_dir or ".") / path
         if not path.is_file():
             raise ReportError(f"report file not found: {path} (is --dataset_dir right?)")
-        return path.read_text(encoding="utf-8", errors="replace")
+        return read_text_file(path)
     raise ReportError(f"datalist item has neither 'report' nor 'report_file': keys {sorted(item)}")
 
 
