@@ -51,3 +51,37 @@ def test_a_prompt_file_that_is_not_utf8_is_refused_with_the_byte_offset(tmp_path
         read_prompts(prompt_file=path)
     path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # UTF-8 with a byte-order mark (Windows editors)
     assert read_prompts(prompt_file=path)[0].text.startswith("Findings: côte.")
+
+
+def _tree(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_anatomy_into_the_dataset_folder_replaces_nothing(tmp_path, capsys):
+    from scripts.anatomy.__main__ import main
+    from scripts.phantom import write_dataset
+
+    datalist = write_dataset(tmp_path / "data", 2, size=32, seed=0)
+    before = _tree(tmp_path / "data")
+    args = ["--datalist", str(datalist), "--out", str(tmp_path / "data"), "--backend", "classical", "--no_progress"]
+    assert main(args) == 2 and "would replace the input datalist" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_bytes(datalist.read_bytes())
+    assert main([*args[:1], str(other), *args[2:]]) == 2
+    assert "6 mask files under --out" in capsys.readouterr().err
+    assert _tree(tmp_path / "data") == before  # the dataset's masks and datalist are untouched
+
+
+def test_anatomy_rerun_redoes_an_interrupted_case_and_clears_its_temporaries(tmp_path):
+    from scripts.anatomy.batch import MARKER, make_masks
+    from scripts.phantom import write_dataset
+
+    datalist = write_dataset(tmp_path / "data", 2, size=32, seed=0)
+    out = tmp_path / "masks"
+    make_masks(datalist, out, backend="classical", progress=False)
+    case = sorted(p for p in out.iterdir() if p.is_dir())[1]
+    (case / MARKER).unlink()  # killed after the masks, before the marker
+    stale = case / ".lobe.nii.gz.x1y2.tmp.nii.gz"
+    stale.write_bytes(b"half a mask")
+    summary = make_masks(datalist, out, backend="classical", progress=False)
+    assert [r.status for r in summary.results] == ["skipped", "done"] and not stale.exists()

@@ -6,6 +6,11 @@ For each case of the ``training`` and ``validation`` sections it writes, under `
 has it and all three masks, so an interrupted run resumes where it stopped. Each file is written atomically.
 At the end ``OUT/datalist.json`` lists the finished cases (image and report paths relative to ``OUT``) and
 ``OUT/make_masks_summary.json`` the failures with their reasons.
+
+Without ``overwrite`` nothing this command did not write is replaced, and that is checked before any compute:
+``OUT/datalist.json`` must not be the input datalist, and a mask file already at a case's output path must be one
+an interrupted run of this command left (marked "MedSyn-MONAI" in its header and not a file the input datalist
+points to), not the dataset's own masks (``--out`` = the dataset folder).
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ from scripts.data.datalist import (
     resolve_item,
     section_items,
 )
-from scripts.data.io import json_text, read_nifti, write_json, write_nifti
+from scripts.data.io import json_text, read_nifti, remove_stale_temporaries, write_json, write_nifti
 
 logger = logging.getLogger(__name__)
 
 MARKER = "masks.json"
+MASK_DESCRIPTION = "MedSyn-MONAI {structure} mask ({backend})"  # in the header of every mask this command writes
 DATALIST_NAME = "datalist.json"
 SUMMARY_NAME = "make_masks_summary.json"
 ON_ERROR = ("skip", "stop")
@@ -164,6 +170,8 @@ def process_case(
     replace = overwrite or not (folder / MARKER).is_file()
     if (folder / MARKER).is_file():
         (folder / MARKER).unlink()  # the case is being redone: it is unfinished until the new marker is written
+    for name in (*(f"{s}.nii.gz" for s in STRUCTURES), MARKER):
+        remove_stale_temporaries(folder, name)  # what a killed attempt at this case left
     for structure in STRUCTURES:
         data = ras_to_file(masks[structure], orientation)
         write_nifti(
@@ -172,7 +180,7 @@ def process_case(
             affine,
             dtype="uint8",
             overwrite=replace,
-            description=f"MedSyn-MONAI {structure} mask ({plan[structure].name})",
+            description=MASK_DESCRIPTION.format(structure=structure, backend=plan[structure].name),
         )
     provenance = {
         "id": cid,
@@ -279,6 +287,11 @@ def make_masks(
     out = Path(out_dir)
     source = str(datalist_path)
     data = read_datalist(datalist_path)
+    if not overwrite and (out / DATALIST_NAME).resolve() == datalist_path.resolve():
+        raise DataError(
+            f"--out {out} would replace the input datalist {datalist_path} with its own; give another --out "
+            "(or --overwrite to replace it)"
+        )
     sections = [s for s in sections if s in data]
     if not sections:
         raise DataError(f"{source}: none of the sections {list(SECTIONS)} present; sections: {sorted(data)}")
@@ -309,6 +322,8 @@ def make_masks(
             results.append(CaseResult(section, index, cid, "skipped"))
         else:
             todo.append((section, index, raw, item, cid))
+    if not overwrite:
+        _refuse_foreign_masks(cases, todo, out)
     names = {s: b.name for s, b in plan.items()}
     bar = tqdm(total=len(todo), desc="masks", unit="case", disable=not progress or not todo)
     try:
@@ -357,6 +372,36 @@ def make_masks(
     }
     _write_if_changed(out / SUMMARY_NAME, summary_obj)
     return summary
+
+
+def _written_here(path: Path) -> bool:
+    """Whether a mask file is one this command wrote (its header says so)."""
+    import nibabel as nib
+
+    try:
+        description = nib.load(str(path)).header["descrip"].tobytes().decode("ascii", "replace")
+    except Exception:  # not a readable NIfTI: not ours either
+        return False
+    return description.startswith(MASK_DESCRIPTION.split("{")[0])
+
+
+def _refuse_foreign_masks(cases: list, todo: list, out: Path) -> None:
+    """Raise before any compute when a case to make would replace mask files this command did not write: the
+    files the input datalist points to, or files without this command's header mark."""
+    referenced = {
+        Path(item[s]).resolve() for _, _, _, item, _ in cases if item is not None for s in STRUCTURES if item.get(s)
+    }
+    foreign = [
+        path
+        for _, _, _, _, cid in todo
+        for path in (case_dir(out, cid) / f"{s}.nii.gz" for s in STRUCTURES)
+        if path.is_file() and (path.resolve() in referenced or not _written_here(path))
+    ]
+    if foreign:
+        raise DataError(
+            f"{len(foreign)} mask files under --out {out} were not written by this command and would be replaced "
+            f"(e.g. {foreign[0]}: the dataset's own masks?); give another --out (or --overwrite to replace them)"
+        )
 
 
 def _write_if_changed(path: Path, obj: Any) -> None:
