@@ -56,7 +56,7 @@ def make_workspace(ws: Path) -> Path:
     from scripts.data.io import ras_affine, write_nifti
     from scripts.phantom import write_dataset
 
-    write_dataset(ws / "phantom", 2, size=32, seed=0)
+    write_dataset(ws / "phantom", 2, size=32, seed=0, val_fraction=0.5)
     (ws / "out").mkdir()
     (ws / "out" / "keep.txt").write_text("a file the commands must leave alone")
     (ws / "empty").mkdir()

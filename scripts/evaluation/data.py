@@ -33,9 +33,32 @@ def volume_id(path: Path, root: Path) -> str:
     return str(path.relative_to(root)).removesuffix(".gz").removesuffix(".nii")
 
 
+def check_ct(array: np.ndarray, path: str | Path) -> None:
+    """Raise a one-line ``ValueError`` naming ``path`` when ``array`` does not look like a chest CT in HU: not one 3D
+    volume, NaN or inf, a label map (few small whole numbers), or no air (nothing below -500 HU: intensities that are
+    not HU, or an image of something else). Measures and distances of such a volume would be silently wrong."""
+    shape = array.shape[:3] if array.ndim > 3 and all(s == 1 for s in array.shape[3:]) else array.shape
+    if len(shape) != 3 or min(shape) < 4:
+        raise ValueError(f"{path}: shape {tuple(array.shape)} is not a 3D CT volume")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ValueError(f"{path}: holds NaN or inf values; not a CT in HU")
+    low, high = float(array.min()), float(array.max())
+    if low >= 0 and high <= 255 and np.array_equal(array, np.round(array)) and len(np.unique(array)) <= 32:
+        raise ValueError(
+            f"{path}: holds the whole numbers {low:g}..{high:g} only ({array.dtype}): this looks like a label map, "
+            "not a CT in HU; check the datalist's image key / synthetic_glob"
+        )
+    if low > -500:
+        raise ValueError(
+            f"{path}: values {low:g}..{high:g} have no air (nothing below -500 HU): not a chest CT in HU; "
+            "convert the intensities to HU (rescale slope / intercept) or check the file"
+        )
+
+
 def read_ct(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """CT (float32 HU) and spacing (mm) of one NIfTI file."""
+    """CT (float32 HU) and spacing (mm) of one NIfTI file, checked by :func:`check_ct`."""
     array, affine = read_nifti(path)
+    check_ct(np.asarray(array), path)
     return np.asarray(array, dtype=np.float32), spacing_of(affine)
 
 
@@ -48,9 +71,15 @@ def iter_synthetic(folder: str | Path, pattern: str = "**/*ct.nii.gz", limit: in
 def datalist_items(datalist: str | Path, split: str, limit: int | None = None) -> list[dict]:
     """Items of one split of a datalist (``{"training": [...], "validation": [...]}``), paths made absolute."""
     datalist = Path(datalist)
-    content = json.loads(datalist.read_text())
-    if split not in content:
-        raise KeyError(f"{datalist}: no split {split!r}; it has {sorted(content)}")
+    if not datalist.is_file():
+        raise FileNotFoundError(f"{datalist}: no such datalist; set real_datalist (--real_datalist) to a datalist JSON")
+    try:
+        content = json.loads(datalist.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{datalist}: not a JSON datalist ({err})") from None
+    if not isinstance(content, dict) or split not in content:
+        found = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"{datalist}: no split {split!r} (it has {found}); set real_split / training_split")
     items = []
     for k, item in enumerate(content[split][:limit] if limit else content[split]):
         item = dict(item)

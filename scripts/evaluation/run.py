@@ -76,6 +76,28 @@ def _require(value, name: str, part: str) -> None:
         raise ValueError(f"part {part!r} needs {name} (config key / --{name})")
 
 
+def _check_inputs(
+    parts: Sequence[str],
+    synthetic_dir: str | Path | None,
+    synthetic_glob: str,
+    real_datalist: str | Path | None,
+    real_split: str,
+    training_split: str,
+    max_volumes: int | None,
+) -> None:
+    """Find the volumes the parts read, and check the first of each set is a CT, before any network is loaded: an
+    empty folder, a missing datalist or split, or label maps posing as CTs fail in one line at once."""
+    streamed = [p for p in parts if p in ("measures", "fid", "fid_2p5d", "memorisation")]
+    if not streamed:
+        return
+    data.read_ct(data.synthetic_paths(synthetic_dir, synthetic_glob, max_volumes)[0])
+    splits = ([real_split] if any(p != "memorisation" for p in streamed) else []) + (
+        [training_split] if "memorisation" in parts else []
+    )
+    for split in dict.fromkeys(splits):
+        data.read_ct(data.datalist_items(real_datalist, split, max_volumes)[0]["image"])
+
+
 def run_evaluation(
     output_dir: str | Path,
     parts: Sequence[str] = DEFAULT_PARTS,
@@ -144,6 +166,7 @@ def run_evaluation(
     if "measures" in parts or "adherence" in parts:
         measure_backend = anatomy_measures.get_backend(backend, **(backend_options or {}))
         measure_backend.check(anatomy_measures.GROUPS)
+    _check_inputs(parts, synthetic_dir, synthetic_glob, real_datalist, real_split, training_split, max_volumes)
     settings = {"feature_size": feature_size, "slice_step": slice_step, "measure_backend": measure_backend}
     net3d = net2d = None
     if "fid" in parts or "memorisation" in parts:

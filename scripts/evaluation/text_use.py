@@ -159,11 +159,14 @@ def text_use_study(
         return encoder.encode(texts).to(device, torch.float32)
 
     results = []
+    cases: dict[str, tuple[torch.Tensor, list[str]]] = {}  # pairs with the same findings share their cases
     with tempfile.TemporaryDirectory() as workdir:
         for pair in usable:
-            x0, reports = phantom_cases(
-                pair.phantom_findings, num, size, seed, data["spacing"], data["size"], workdir, conventions
-            )
+            if pair.phantom_findings not in cases:
+                cases[pair.phantom_findings] = phantom_cases(
+                    pair.phantom_findings, num, size, seed, data["spacing"], data["size"], workdir, conventions
+                )
+            x0, reports = cases[pair.phantom_findings]
             x0 = x0.to(device)
             contexts = {
                 "own": encoded(reports),
