@@ -26,7 +26,6 @@ arguments, decoder order included), ``conventions`` (the official ones), ``data`
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from scripts.cli import ArgumentParser, run_main
 from scripts.conventions import DEFAULT_SIZE, MEDSYN_OFFICIAL, TEXT_TOKENS, atlas_grid_affine, atlas_grid_spacing
 from scripts.networks import (
     OfficialCheckpointError,
@@ -189,7 +189,7 @@ def convert(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m scripts.convert_official", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="results folder, <n>_ckpt folder or file")
     parser.add_argument("--stage", required=True, choices=("lowres", "sr"))
     parser.add_argument("--out", required=True, type=Path, help="output weights file (.pt); metadata goes to .json")
@@ -225,4 +225,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("convert_official", main)

@@ -17,11 +17,12 @@ from typing import Any
 from scripts.anatomy.backends import backend_names
 from scripts.anatomy.base import STRUCTURES, BackendUnavailableError, MissingWeightsError
 from scripts.anatomy.batch import ON_ERROR, make_masks
+from scripts.cli import ArgumentParser, run_main
 from scripts.data.datalist import SECTIONS, DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m scripts.anatomy",
         description="Make lobe (0-5, LTRCLobes order), airway and vessel masks for every case of a datalist.",
     )
@@ -105,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("anatomy", main)

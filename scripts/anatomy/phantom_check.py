@@ -8,8 +8,6 @@ lobe Dice (mean over the five lobes) is reported too, for the approximation.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from scripts.anatomy import classical
+from scripts.cli import ArgumentParser, run_main
 from scripts.conventions import lung_sides
 from scripts.phantom import generate_case
 
@@ -74,7 +73,7 @@ def evaluate_case(size: int, seed: int, findings: str | None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=10)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -99,4 +98,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("anatomy phantom_check", main)

@@ -19,7 +19,6 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scripts.cli import ArgumentParser, run_main
 from scripts.conventions import MASK_KEYS
 from scripts.data.datalist import DataError, Problem
 from scripts.data.io import OutputExistsError, write_json
@@ -252,7 +252,7 @@ def build_ctrate_datalist(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: write a CT-RATE datalist; print the problems met; exit 1 when no volume could be used."""
-    parser = argparse.ArgumentParser(prog="python -m scripts.data.ctrate", description=main.__doc__)
+    parser = ArgumentParser(prog="python -m scripts.data.ctrate", description=main.__doc__)
     parser.add_argument("--ctrate_dir", required=True, help="CT-RATE folder holding the .nii.gz volumes")
     parser.add_argument("--reports", required=True, help="reports CSV (VolumeName, Findings_EN, Impressions_EN)")
     parser.add_argument("--metadata", required=True, help="metadata CSV (RescaleSlope, RescaleIntercept, ...)")
@@ -285,4 +285,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("ctrate", main)

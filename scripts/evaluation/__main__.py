@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from scripts.cli import ArgumentParser, run_main
 from scripts.data.io import refuse_existing, write_json
 from scripts.evaluation.anatomy_measures import BACKENDS, MEASURES, get_backend, measure_ct
 from scripts.evaluation.run import DEFAULT_PARTS, PARTS, run_evaluation
@@ -95,7 +96,7 @@ TOTALSEG_PYTHON_HELP = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m scripts.evaluation", description=__doc__)
+    parser = ArgumentParser(prog="python -m scripts.evaluation", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run evaluation parts and write report.md / report.json / figures")
@@ -164,4 +165,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("evaluation", main)

@@ -74,7 +74,9 @@ def read_prompts(prompt: str | None = None, prompt_file: str | Path | None = Non
         files = sorted(path.glob("*.txt"))
         if not files:
             raise ValueError(f"--prompt_file {path}: the folder has no .txt reports")
-        prompts = [Prompt(_safe_id(f.stem, f"report{i}"), _checked(read_text_file(f), str(f))) for i, f in enumerate(files)]
+        prompts = [
+            Prompt(_safe_id(f.stem, f"report{i}"), _checked(read_text_file(f), str(f))) for i, f in enumerate(files)
+        ]
     elif path.suffix.lower() == ".csv":
         prompts = _from_csv(path)
     elif path.suffix.lower() == ".json":

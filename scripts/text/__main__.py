@@ -15,13 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+from scripts.cli import ArgumentParser, run_main
 from scripts.conventions import TEXT_TOKENS
 
 logger = logging.getLogger("scripts.text")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.text", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m scripts.text", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     encode = commands.add_parser("encode", help="encode every report of a datalist into the embedding cache")
     encode.add_argument("--datalist", required=True, help="datalist JSON with 'report' or 'report_file' items")
@@ -96,4 +97,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("text", main)
