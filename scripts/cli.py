@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 TRACEBACK_ENV = "MEDSYN_TRACEBACK"
@@ -56,9 +57,12 @@ def exit_in_one_line(command: str) -> Iterator[None]:
         raise SystemExit(one_line_message(command, err)) from None
 
 
-def _command_from_argv(argv: Sequence[str]) -> str:
-    """The run id of ``python -m monai.bundle run <id> ...`` (or ``--run_id <id>``), for the message."""
+def _bundle_command(argv: Sequence[str]) -> str | None:
+    """The run id of ``python -m monai.bundle run <id> ...`` (or ``--run_id <id>``), for the message; None when this
+    process is not the bundle command line (a program that runs a config in its own process keeps its own hook)."""
     args = list(argv)
+    if not args or Path(args[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
+        return None
     for flag in ("--run_id", "run"):
         if flag in args[:-1] and not args[args.index(flag) + 1].startswith("-"):
             return args[args.index(flag) + 1]
@@ -68,12 +72,13 @@ def _command_from_argv(argv: Sequence[str]) -> str:
 def one_line_errors(command: str | None = None) -> None:
     """Make an uncaught failure of this process print :func:`one_line_message` instead of a traceback.
 
-    Called from the configs' ``initialize`` step: the command line only, never on import. ``command`` defaults to
-    the bundle run id on the command line. With ``MEDSYN_TRACEBACK=1`` in the environment nothing changes.
+    Called from the configs' ``initialize`` step, never on import. Without ``command`` it acts only in the process
+    of ``python -m monai.bundle run <id>`` (and names the run id); a program running a config in its own process
+    keeps its own exception hook. With ``MEDSYN_TRACEBACK=1`` in the environment nothing changes.
     """
-    if os.environ.get(TRACEBACK_ENV):
+    name = command or _bundle_command(sys.argv)
+    if os.environ.get(TRACEBACK_ENV) or name is None:
         return
-    name = command or _command_from_argv(sys.argv)
 
     def excepthook(kind: type[BaseException], err: BaseException, traceback: Any) -> None:
         print(one_line_message(name, err), file=sys.stderr)
