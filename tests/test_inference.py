@@ -390,3 +390,13 @@ def test_synthesize_adds_to_the_dataset_index_instead_of_replacing_it(runner, tm
     with pytest.raises(OutputExistsError, match="datalist of another dataset"):
         runner(foreign).synthesize(prompt=REPORT)
     assert sorted(p.name for p in foreign.iterdir()) == ["datalist.json"]
+
+
+def test_a_finished_sample_missing_a_file_is_made_again_but_another_request_is_refused(runner, tmp_path):
+    (paths,) = runner(tmp_path).generate(prompt=REPORT)
+    paths["airway"].unlink()  # the same request, one file lost: made again
+    runner(tmp_path).generate(prompt=REPORT)
+    assert paths["airway"].is_file()
+    paths["vessel"].unlink()
+    with pytest.raises(OutputExistsError, match="guidance_scale differs"):  # another request: refused all the same
+        runner(tmp_path, guidance_scale=2.0).generate(prompt=REPORT)

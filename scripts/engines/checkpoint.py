@@ -304,7 +304,7 @@ class ResumeFromLatest(CheckpointLoader):
                 continue
             return path, dict(checkpoint)
         raise ValueError(
-            f"no readable checkpoint in {self.load_dir} ({', '.join(reversed(unreadable))} truncated or damaged): "
+            f"no readable checkpoint in {self.load_dir}: {', '.join(reversed(unreadable))} truncated or damaged; "
             "delete them to start afresh, or pass --resume false"
         )
 

@@ -102,13 +102,13 @@ class SampleWriter:
     def plan(self, sample_id: str, request: dict[str, Any], label: bool = False) -> str:
         """``"skip"`` when ``sample_id`` is finished (sidecar and files present) for the same ``request`` (the
         sidecar holds each of its fields with the same value) and ``overwrite`` is off, else ``"write"``: nothing
-        there, an incomplete sample (an interrupted run), or ``overwrite``. Raises
-        :class:`~scripts.data.io.OutputExistsError` for a sample finished for another request without
-        ``overwrite``. Call it for every sample before sampling any."""
-        paths = self.paths(sample_id, label)
+        there, an incomplete sample (no sidecar: an interrupted run; or a file of the same request missing), or
+        ``overwrite``. Raises :class:`~scripts.data.io.OutputExistsError` for a sample made for another request
+        without ``overwrite``. Call it for every sample before sampling any."""
         sidecar = None if self.overwrite else self._sidecar(sample_id)
-        if sidecar is None or not all(path.exists() for path in paths.values()):
+        if sidecar is None:
             return "write"
+        paths = self.paths(sample_id, label)
         differ = [key for key, value in request.items() if sidecar.get(key) != value]
         if differ:
             raise OutputExistsError(
@@ -116,7 +116,7 @@ class SampleWriter:
                 f"{'differs' if len(differ) == 1 else 'differ'}); "
                 f"{OVERWRITE_HINT}"
             )
-        return "skip"
+        return "skip" if all(path.exists() for path in paths.values()) else "write"
 
     def write(
         self,
@@ -140,7 +140,8 @@ class SampleWriter:
             FloatingPointError: the volume holds NaN or inf (nothing is written or removed then).
         """
         paths = self.paths(sample_id, label)
-        if not self.overwrite and self._sidecar(sample_id) is not None:
+        finished = self._sidecar(sample_id) is not None and all(path.exists() for path in paths.values())
+        if finished and not self.overwrite:
             raise OutputExistsError(f"{paths['json']} already exists; {OVERWRITE_HINT}")
         arrays = decode_sample(volume, self.conventions)
         if label:
