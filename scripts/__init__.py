@@ -1,7 +1,8 @@
 """MedSyn-MONAI: text-guided, anatomy-aware cascaded 3D diffusion for chest CT, as a MONAI bundle.
 
 The package is laid out in pipeline order and each part imports only from the parts before it:
-``conventions`` → ``data`` / ``phantom`` → ``anatomy`` → ``text`` → ``networks`` → ``diffusion`` → ``engines`` →
+``cli`` (option parsing and one-line failures, importing nothing of the bundle) → ``conventions`` → ``data`` /
+``phantom`` → ``anatomy`` → ``text`` → ``networks`` → ``diffusion`` → ``engines`` →
 ``inference`` → ``evaluation``. ``anatomy`` (mask making) belongs to data preparation: it makes the training masks
 and needs only ``conventions``, ``data`` and ``phantom``; ``evaluation`` builds its anatomy measures on it (one
 TotalSegmentator integration, one classical segmentation). Bundle configs import it as ``$scripts...``.

@@ -5,6 +5,10 @@
 
 Writes ``OUTDIR/<case>/{lobe,airway,vessel}.nii.gz`` and ``OUTDIR/datalist.json``; resumable (finished cases are
 skipped); exit code 1 when any case failed, 2 for a usage or setup error. See docs/data_preparation.md.
+
+Without ``--overwrite`` no file this command did not write is replaced: when OUTDIR is the dataset folder (its
+masks, the input datalist or another ``datalist.json`` would be replaced) the run stops before any compute with one
+line listing them and exit code 2; give another ``--out``. See :mod:`scripts.anatomy.batch`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from scripts.anatomy.base import STRUCTURES, BackendUnavailableError, MissingWei
 from scripts.anatomy.batch import ON_ERROR, make_masks
 from scripts.cli import ArgumentParser, run_main
 from scripts.data.datalist import SECTIONS, DataError
+from scripts.data.io import OutputExistsError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (keep 1 with a GPU)")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), help="datalist sections to process")
-    parser.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo finished cases; replace masks and datalist.json under --out that this command did not write",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--lungmask_weights", default=None, help="path of unet_ltrclobes-3a07043d.pth")
     parser.add_argument(
@@ -77,6 +86,7 @@ def backend_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the batch; returns the exit code (0 all done, 1 a case failed, 2 a usage or setup error or a refusal)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {s: getattr(args, f"{s}_backend") for s in STRUCTURES if getattr(args, f"{s}_backend")}
@@ -95,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except (DataError, MissingWeightsError, BackendUnavailableError, ValueError) as err:
+    # a refused output (it would replace the dataset's own files) is a usage error: nothing was computed
+    except (DataError, OutputExistsError, MissingWeightsError, BackendUnavailableError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # --on_error stop

@@ -7,10 +7,17 @@ has it and all three masks, so an interrupted run resumes where it stopped. Each
 At the end ``OUT/datalist.json`` lists the finished cases (image and report paths relative to ``OUT``) and
 ``OUT/make_masks_summary.json`` the failures with their reasons.
 
-Without ``overwrite`` nothing this command did not write is replaced, and that is checked before any compute:
-``OUT/datalist.json`` must not be the input datalist, and a mask file already at a case's output path must be one
-an interrupted run of this command left (marked "MedSyn-MONAI" in its header and not a file the input datalist
-points to), not the dataset's own masks (``--out`` = the dataset folder).
+Without ``overwrite`` nothing this command did not write is replaced. Before any backend is set up the run is
+refused, with one line listing what would be replaced, when ``OUT`` holds
+- the input datalist as ``OUT/datalist.json``;
+- another ``OUT/datalist.json`` that no earlier run wrote (a folder without ``make_masks_summary.json``: e.g. the
+  dataset's own datalist when ``--out`` is the dataset folder and ``--datalist`` another file in it);
+- a mask file at the output path of a case still to make that is not one an interrupted run of this command left
+  (its header says "MedSyn-MONAI <structure> mask" and the input datalist does not point to it): the dataset's
+  own masks when ``--out`` is the dataset folder.
+Refusing rather than skipping such cases is deliberate: a skipped case would enter the new datalist with masks of
+unknown origin, and a partly processed dataset is harder to notice than an error. The fix is another ``--out`` (or
+``overwrite``, which replaces them all).
 """
 
 from __future__ import annotations
@@ -42,7 +49,14 @@ from scripts.data.datalist import (
     resolve_item,
     section_items,
 )
-from scripts.data.io import json_text, read_nifti, remove_stale_temporaries, write_json, write_nifti
+from scripts.data.io import (
+    OutputExistsError,
+    json_text,
+    read_nifti,
+    remove_stale_temporaries,
+    write_json,
+    write_nifti,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -272,11 +286,16 @@ def make_masks(
             requested one is not ready); ``stop`` raises at the first problem.
         workers: parallel worker processes (1: in this process). Use 1 with a GPU backend.
         sections: datalist sections to process.
-        overwrite: redo finished cases too.
+        overwrite: redo finished cases too, and replace files under ``out_dir`` this command did not write.
         progress: show a progress bar.
 
     Returns:
         the :class:`Summary`; its ``failed`` list is empty when every case succeeded.
+
+    Raises:
+        OutputExistsError: without ``overwrite``, before any compute, when the run would replace the input datalist,
+            a datalist or mask files this command did not write (``out_dir`` is the dataset folder).
+        DataError: an unreadable datalist (or, with ``on_error="stop"``, a malformed item).
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -287,29 +306,10 @@ def make_masks(
     out = Path(out_dir)
     source = str(datalist_path)
     data = read_datalist(datalist_path)
-    if not overwrite and (out / DATALIST_NAME).resolve() == datalist_path.resolve():
-        raise DataError(
-            f"--out {out} would replace the input datalist {datalist_path} with its own; give another --out "
-            "(or --overwrite to replace it)"
-        )
     sections = [s for s in sections if s in data]
     if not sections:
         raise DataError(f"{source}: none of the sections {list(SECTIONS)} present; sections: {sorted(data)}")
-    plan_args = {
-        "backend": backend,
-        "structures": STRUCTURES,
-        "overrides": dict(overrides or {}),
-        "options": {k: dict(v) for k, v in (options or {}).items()},
-        "device": device,
-        "fallback": on_error == "skip",
-    }
-    plan, notes = plan_backends(**plan_args)
-    for note in notes:
-        logger.warning(note)
-    logger.info("backends: %s", describe_plan(plan))
     cases = _cases(data, root, sections, source)
-    out.mkdir(parents=True, exist_ok=True)
-
     results: list[CaseResult] = []
     todo = []
     for section, index, raw, item, cid in cases:
@@ -322,8 +322,21 @@ def make_masks(
             results.append(CaseResult(section, index, cid, "skipped"))
         else:
             todo.append((section, index, raw, item, cid))
-    if not overwrite:
-        _refuse_foreign_masks(cases, todo, out)
+    if not overwrite:  # before the backends are set up (weights loaded, a subprocess checked): a refusal costs nothing
+        _refuse_replacing(datalist_path, cases, todo, out)
+    plan_args = {
+        "backend": backend,
+        "structures": STRUCTURES,
+        "overrides": dict(overrides or {}),
+        "options": {k: dict(v) for k, v in (options or {}).items()},
+        "device": device,
+        "fallback": on_error == "skip",
+    }
+    plan, notes = plan_backends(**plan_args)
+    for note in notes:
+        logger.warning(note)
+    logger.info("backends: %s", describe_plan(plan))
+    out.mkdir(parents=True, exist_ok=True)
     names = {s: b.name for s, b in plan.items()}
     bar = tqdm(total=len(todo), desc="masks", unit="case", disable=not progress or not todo)
     try:
@@ -361,7 +374,7 @@ def make_masks(
         bar.close()
 
     results.sort(key=lambda r: (sections.index(r.section), r.index))
-    datalist_out = _write_datalist(data, cases, results, out, sections)
+    datalist_out = out / DATALIST_NAME
     summary = Summary(results, str(datalist_out), notes, names)
     summary_obj = {
         "datalist": str(datalist_out),
@@ -370,11 +383,14 @@ def make_masks(
         "counts": {s: summary.count(s) for s in ("done", "skipped", "failed")},
         "failed": [asdict(r) for r in summary.failed],
     }
+    # the summary first: it is what marks OUT/datalist.json as this command's (see _refuse_replacing), so a run
+    # killed between the two writes leaves a datalist the next run may replace, never one it refuses as foreign
     _write_if_changed(out / SUMMARY_NAME, summary_obj)
+    _write_datalist(data, cases, results, out, sections)
     return summary
 
 
-def _written_here(path: Path) -> bool:
+def _written_here(path: Path, structure: str) -> bool:
     """Whether a mask file is one this command wrote (its header says so)."""
     import nibabel as nib
 
@@ -382,25 +398,48 @@ def _written_here(path: Path) -> bool:
         description = nib.load(str(path)).header["descrip"].tobytes().decode("ascii", "replace")
     except Exception:  # not a readable NIfTI: not ours either
         return False
-    return description.startswith(MASK_DESCRIPTION.split("{")[0])
+    return description.startswith(MASK_DESCRIPTION.split("(")[0].format(structure=structure))
 
 
-def _refuse_foreign_masks(cases: list, todo: list, out: Path) -> None:
-    """Raise before any compute when a case to make would replace mask files this command did not write: the
-    files the input datalist points to, or files without this command's header mark."""
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (also through a symlink, a hard link or another spelling of the path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return a.resolve() == b.resolve()
+
+
+def _listed(paths: Sequence[Path], shown: int = 3) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(str(p) for p in paths[:shown]) + more
+
+
+def _refuse_replacing(datalist: Path, cases: list, todo: list, out: Path) -> None:
+    """Raise :class:`OutputExistsError` when the run would replace a file this command did not write (see the module
+    docstring): the input datalist, another datalist, or masks that came with the dataset; one line lists them."""
+    found = []
+    target = out / DATALIST_NAME
+    if _same_file(target, datalist):
+        found.append(f"the input datalist {datalist}")
+    elif target.is_file() and not (out / SUMMARY_NAME).is_file():
+        found.append(f"{target} (a datalist no earlier run of this command wrote)")
     referenced = {
         Path(item[s]).resolve() for _, _, _, item, _ in cases if item is not None for s in STRUCTURES if item.get(s)
     }
     foreign = [
         path
         for _, _, _, _, cid in todo
-        for path in (case_dir(out, cid) / f"{s}.nii.gz" for s in STRUCTURES)
-        if path.is_file() and (path.resolve() in referenced or not _written_here(path))
+        for structure, path in ((s, case_dir(out, cid) / f"{s}.nii.gz") for s in STRUCTURES)
+        if path.is_file() and (path.resolve() in referenced or not _written_here(path, structure))
     ]
     if foreign:
-        raise DataError(
-            f"{len(foreign)} mask files under --out {out} were not written by this command and would be replaced "
-            f"(e.g. {foreign[0]}: the dataset's own masks?); give another --out (or --overwrite to replace them)"
+        found.append(
+            f"{len(foreign)} mask files under --out {out} that this command did not write (the dataset's own "
+            f"masks?): {_listed(foreign)}"
+        )
+    if found:
+        raise OutputExistsError(
+            f"--out {out} would replace {' and '.join(found)}; give another --out (or --overwrite to replace them)"
         )
 
 

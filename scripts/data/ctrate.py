@@ -20,6 +20,7 @@ CLI::
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import random
@@ -95,22 +96,34 @@ def read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> dict[str, 
     """Rows of a CT-RATE CSV keyed by volume name (``VolumeName`` without ``.nii.gz``).
 
     Raises:
-        DataError: naming the file when it is missing or lacks a required column.
+        DataError: naming the file when it is missing, not UTF-8 or lacks a required column.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: CSV not found")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
-        rows = {}
-        for row in reader:
-            name = re.sub(r"\.nii(?:\.gz)?$", "", (row["VolumeName"] or "").strip())
-            if name:
-                rows[name] = row
+    reader = csv.DictReader(io.StringIO(_utf8_text(path), newline=""))
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
+    rows = {}
+    for row in reader:
+        name = re.sub(r"\.nii(?:\.gz)?$", "", (row["VolumeName"] or "").strip())
+        if name:
+            rows[name] = row
     return rows
+
+
+def _utf8_text(path: Path) -> str:
+    """The whole file as UTF-8 (a byte-order mark dropped); a bad byte is refused with its offset, never replaced:
+    the reports become the model's conditioning text. Read at once so the offset counts from the file's start (a
+    streamed reader's error counts from its buffer) - the CSVs are tens of MB."""
+    data = path.read_bytes()
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = start + err.start
+        raise DataError(f"{path}: byte {offset} (0x{data[offset]:02x}) is not UTF-8; save the file as UTF-8") from None
 
 
 def _text(value: str | None) -> str:

@@ -47,12 +47,14 @@ def encode(args: argparse.Namespace) -> dict:
     """Encode all reports of the datalist that are not cached yet; returns a summary dict."""
     from scripts.text.cache import EmbeddingCache
     from scripts.text.encoder import ReportEncoder
-    from scripts.text.reports import load_datalist_reports
+    from scripts.text.reports import load_datalist_reports, read_json_file
 
     datalist = Path(args.datalist)
     if not datalist.is_file():
         raise FileNotFoundError(f"datalist not found: {datalist}")
-    content = json.loads(datalist.read_text(encoding="utf-8"))
+    content = read_json_file(datalist, "datalist")
+    if not isinstance(content, dict):
+        raise ValueError(f"{datalist}: a datalist is a JSON object of lists, got {type(content).__name__}; fix it")
     splits = args.splits or [key for key, value in content.items() if isinstance(value, list)]
     reports = load_datalist_reports(datalist, args.dataset_dir, splits)
     encoder = ReportEncoder(

@@ -13,6 +13,7 @@ Backends (``model`` argument of :func:`resolve_model`):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -252,15 +253,21 @@ def _load_bare_state_dict(resolved: ResolvedModel, head: str, config) -> nn.Modu
     return model
 
 
-def _bert_encoder_class() -> type:
-    """``BertModel`` without its pooler that knows a checkpoint's pooler weights are not needed: transformers then
-    loads it without a report listing them as UNEXPECTED (every other unexpected or missing key is still reported)."""
-    from transformers import BertModel
+# the key names a checkpoint's pooler has (``pooler.dense.*``, ``bert.pooler.dense.*`` under a head); searched anywhere
+_POOLER_KEYS = r"(^|\.)pooler\.dense\."
 
-    class BertEncoder(BertModel):
-        _keys_to_ignore_on_load_unexpected = [r"^pooler\."]
 
-    return BertEncoder
+@functools.cache
+def _without_pooler_report(name: str) -> type:
+    """The ``transformers`` class ``name`` (``BertModel``, ``BertForMaskedLM``: both built without the pooler) told
+    that a checkpoint's pooler weights are not needed, so ``from_pretrained`` loads it without a report listing them
+    as UNEXPECTED (every other unexpected or missing key is still reported). It keeps the class's name, so any
+    report and a ``save_pretrained`` config name the ``transformers`` class."""
+    import transformers
+
+    base = getattr(transformers, name)
+    ignored = [*(base._keys_to_ignore_on_load_unexpected or []), _POOLER_KEYS]
+    return type(name, (base,), {"_keys_to_ignore_on_load_unexpected": ignored, "__module__": __name__})
 
 
 def load_bert(model: str | Path | ResolvedModel, head: str = "none", max_positions: int | None = None) -> nn.Module:
@@ -281,7 +288,7 @@ def load_bert(model: str | Path | ResolvedModel, head: str = "none", max_positio
     Returns:
         the model in eval mode.
     """
-    from transformers import AutoModel, BertForMaskedLM
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     if head not in ("none", "mlm"):
@@ -296,9 +303,11 @@ def load_bert(model: str | Path | ResolvedModel, head: str = "none", max_positio
         if resolved.bare_state_dict:
             network = _load_bare_state_dict(resolved, head, config)
         elif head == "mlm":
-            network = BertForMaskedLM.from_pretrained(path, config=config, local_files_only=True)
+            network = _without_pooler_report("BertForMaskedLM").from_pretrained(
+                path, config=config, local_files_only=True
+            )
         elif config.model_type == "bert":  # the pooler is never used: token states only
-            network = _bert_encoder_class().from_pretrained(
+            network = _without_pooler_report("BertModel").from_pretrained(
                 path, config=config, add_pooling_layer=False, local_files_only=True
             )
         else:

@@ -20,6 +20,7 @@ __all__ = [
     "ReportSections",
     "normalise_text",
     "read_text_file",
+    "read_json_file",
     "parse_report",
     "encoding_text",
     "split_sentences",
@@ -32,8 +33,12 @@ class ReportError(ValueError):
     """A report that cannot be used (empty after cleaning, missing, of the wrong type)."""
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def read_text_file(path: str | Path) -> str:
-    """The text of a user's file (reports, prompt files), which must be UTF-8 (a byte-order mark is dropped).
+    """The text of a user's file (reports, prompt files, datalists), which must be UTF-8 (a byte-order mark is
+    dropped).
 
     A byte that is not UTF-8 is refused with its offset rather than replaced: a silently altered report would
     condition the model on other text than the user wrote.
@@ -42,12 +47,27 @@ def read_text_file(path: str | Path) -> str:
         ReportError: naming the file, the offset and value of the first bad byte, and the fix.
     """
     data = Path(path).read_bytes()
+    # the mark is dropped by hand, not by the "utf-8-sig" codec, whose error offsets would not count its 3 bytes
+    start = len(_BOM) if data.startswith(_BOM) else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[start:].decode("utf-8")
     except UnicodeDecodeError as err:
+        offset = start + err.start
         raise ReportError(
-            f"{path}: byte {err.start} (0x{data[err.start]:02x}) is not UTF-8; save the file as UTF-8"
+            f"{path}: byte {offset} (0x{data[offset]:02x}) is not UTF-8; save the file as UTF-8"
         ) from None
+
+
+def read_json_file(path: str | Path, what: str = "JSON file") -> Any:
+    """A user's JSON file (a datalist): UTF-8 as :func:`read_text_file` requires, errors in one line naming it.
+
+    Raises:
+        ReportError: the file is not UTF-8 or not valid JSON.
+    """
+    try:
+        return json.loads(read_text_file(path))
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: not a valid {what} ({err}); fix the JSON") from None
 
 
 # header name (lower case, without a trailing "s") → section it opens; sections other than findings and impression
@@ -233,12 +253,14 @@ def load_datalist_reports(
 
     Raises:
         FileNotFoundError: when the datalist does not exist.
-        ReportError: when a split is missing or an item has no report.
+        ReportError: when the file is not UTF-8 JSON, a split is missing or an item has no report.
     """
     datalist = Path(datalist)
     if not datalist.is_file():
         raise FileNotFoundError(f"datalist not found: {datalist}")
-    content = json.loads(datalist.read_text(encoding="utf-8"))
+    content = read_json_file(datalist, "datalist")
+    if not isinstance(content, dict):
+        raise ReportError(f"{datalist}: a datalist is a JSON object of lists, got {type(content).__name__}; fix it")
     root = Path(dataset_dir) if dataset_dir else datalist.parent
     reports = []
     for split in splits:
