@@ -15,6 +15,7 @@ import numpy as np
 from scripts.conventions import MASK_KEYS
 from scripts.data.io import read_nifti
 from scripts.evaluation.anatomy_measures import spacing_of
+from scripts.text.reports import read_text_file
 
 Item = tuple[str, np.ndarray, tuple[float, float, float]]
 
@@ -103,5 +104,5 @@ def report_text(item: dict, datalist: str | Path) -> str | None:
     if item.get("report"):
         return str(item["report"])
     if item.get("report_file"):
-        return (Path(datalist).parent / item["report_file"]).read_text(encoding="utf-8")
+        return read_text_file(Path(datalist).parent / item["report_file"])  # UTF-8, or one line naming the file
     return None
