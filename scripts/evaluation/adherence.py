@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from scripts.data.io import read_nifti
 from scripts.evaluation.anatomy_measures import MEASURES, measure_ct, spacing_of
+from scripts.evaluation.data import read_ct
 
 Volume = tuple[np.ndarray, Sequence[float]]
 Generator = Callable[[str, int, int], list[Volume]]
@@ -79,12 +80,24 @@ class PromptPair:
             raise ValueError(f"pair {self.name!r}: alternative must be one of {ALTERNATIVES}, got {self.alternative!r}")
 
 
+def _read_json(path: Path) -> Any:
+    """The JSON content of ``path``; a one-line error names a missing, non-UTF-8 or malformed file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a UTF-8 JSON file ({err})") from None
+
+
 def load_pairs(source: str | Path | Sequence[dict] | None = None) -> list[PromptPair]:
     """Prompt pairs from a JSON file (a list, or ``{"pairs": [...]}``), a list of dicts, or the paper's defaults."""
     if source is None:
         items: Sequence[dict] = DEFAULT_PAIRS
     elif isinstance(source, (str, Path)):
-        content = json.loads(Path(source).read_text())
+        content = _read_json(Path(source))
+        if isinstance(content, dict) and "pairs" not in content:
+            raise ValueError(f"{source}: no 'pairs' list; write {{\"pairs\": [...]}} or a bare list of pairs")
         items = content["pairs"] if isinstance(content, dict) else content
     else:
         items = source
@@ -173,19 +186,19 @@ def run_study(
     return results
 
 
-def folder_generator(folder: str | Path) -> Generator:
-    """A ``generate`` callable over volumes generated earlier: ``*.json`` sidecars holding ``"prompt"``.
+def folder_volumes(folder: str | Path) -> dict[str, list[Path]]:
+    """The CT files generated earlier in ``folder``, per prompt (whitespace normalised): ``*.json`` sidecars holding
+    ``"prompt"``.
 
     The CT of a sidecar is its ``"image"`` (path relative to the sidecar), else ``"files"["ct"]`` (the inference
-    writer's sidecar), else ``<stem>_ct.nii.gz`` or ``<stem>.nii.gz`` beside it. The callable returns the first
-    ``num`` volumes for the prompt in the order of their sidecar's integer ``"seed"`` (those without one last), then
-    of file name, so ``num`` takes the lowest seeds (file names alone put ``seed10`` before ``seed2``); it ignores
-    ``seed``. An unknown prompt or too few volumes raise a one-line error. Prompts match with whitespace normalised.
+    writer's sidecar), else ``<stem>_ct.nii.gz`` or ``<stem>.nii.gz`` beside it. Each prompt's files are in the order
+    of their sidecar's integer ``"seed"`` (those without one last), then of file name, so the first ``num`` are the
+    lowest seeds (file names alone put ``seed10`` before ``seed2``).
     """
     folder = Path(folder)
     by_prompt: dict[str, list[tuple[float, str, Path]]] = {}
     for sidecar in sorted(folder.rglob("*.json")):
-        meta = json.loads(sidecar.read_text())
+        meta = _read_json(sidecar)
         if not isinstance(meta, dict) or not meta.get("prompt"):
             continue
         stem = sidecar.name.removesuffix(".json")
@@ -198,17 +211,37 @@ def folder_generator(folder: str | Path) -> Generator:
         order = float(seed) if isinstance(seed, int) and not isinstance(seed, bool) else math.inf
         by_prompt.setdefault(" ".join(str(meta["prompt"]).split()), []).append((order, sidecar.name, image))
     if not by_prompt:
-        raise FileNotFoundError(f"{folder}: no JSON sidecars with a 'prompt' key")
-    ordered = {prompt: [image for *_, image in sorted(found)] for prompt, found in by_prompt.items()}
+        raise FileNotFoundError(f"{folder}: no JSON sidecars with a 'prompt' key (set adherence_dir)")
+    return {prompt: [image for *_, image in sorted(found)] for prompt, found in by_prompt.items()}
+
+
+def volumes_for(volumes: dict[str, list[Path]], folder: str | Path, prompt: str, num: int) -> list[Path]:
+    """The first ``num`` files of :func:`folder_volumes` for ``prompt``; a one-line error when there are fewer."""
+    paths = volumes.get(" ".join(prompt.split()))
+    if not paths:
+        raise KeyError(f"{folder}: no volumes generated for the prompt {prompt!r}")
+    if len(paths) < num:
+        raise ValueError(f"{folder}: {len(paths)} volumes for the prompt {prompt!r}, {num} asked for")
+    return paths[:num]
+
+
+def folder_generator(folder: str | Path, check: bool = False) -> Generator:
+    """A ``generate`` callable over the volumes of :func:`folder_volumes`: the first ``num`` for the prompt (it
+    ignores ``seed``). An unknown prompt or too few volumes raise a one-line error.
+
+    Args:
+        folder: the generated volumes with their prompt sidecars.
+        check: read the files with :func:`scripts.evaluation.data.read_ct`, refusing a label map or an image not in
+            HU (the evaluation command does; off for toy volumes).
+    """
+    volumes = folder_volumes(folder)
 
     def generate(prompt: str, num: int, seed: int) -> list[Volume]:
-        paths = ordered.get(" ".join(prompt.split()))
-        if not paths:
-            raise KeyError(f"{folder}: no volumes generated for the prompt {prompt!r}")
-        if len(paths) < num:
-            raise ValueError(f"{folder}: {len(paths)} volumes for the prompt {prompt!r}, {num} asked for")
+        paths = volumes_for(volumes, folder, prompt, num)
+        if check:
+            return [read_ct(path) for path in paths]
         out = []
-        for path in paths[:num]:
+        for path in paths:
             array, affine = read_nifti(path)
             out.append((np.asarray(array, dtype=np.float32), spacing_of(affine)))
         return out

@@ -59,8 +59,10 @@ def check_ct(array: np.ndarray, path: str | Path) -> None:
 def read_ct(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     """CT (float32 HU) and spacing (mm) of one NIfTI file, checked by :func:`check_ct`."""
     array, affine = read_nifti(path)
-    check_ct(np.asarray(array), path)
-    return np.asarray(array, dtype=np.float32), spacing_of(affine)
+    array = np.asarray(array)
+    check_ct(array, path)
+    # a (X, Y, Z, 1) file passes the check; the measures and networks take the 3D volume
+    return array.reshape(array.shape[:3]).astype(np.float32, copy=False), spacing_of(affine)
 
 
 def iter_synthetic(folder: str | Path, pattern: str = "**/*ct.nii.gz", limit: int | None = None) -> Iterator[Item]:

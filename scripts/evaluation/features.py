@@ -79,7 +79,7 @@ def resolve_weights(name: str, path: str | Path | None = None, large_files: str 
     if not target.is_file():
         raise MissingWeightsError(
             f"{name} weights not found at {target}: put the file there, or pass its path "
-            f"(weights argument / --{name}_weights), or add a '{name}' entry to {large_files}"
+            f"(--{name}_weights; in the bundle, --weights#{name}), or add a '{name}' entry to {large_files}"
         )
     if entry and entry.get("hash_val") is not None:
         _check_hash(target, str(entry["hash_val"]), str(entry.get("hash_type", "sha256")))

@@ -98,6 +98,44 @@ def _check_inputs(
         data.read_ct(data.datalist_items(real_datalist, split, max_volumes)[0]["image"])
 
 
+def _resolve_weights(
+    parts: Sequence[str],
+    medicalnet_weights: str | Path | None,
+    resnet2d_weights: str | Path | None,
+    large_files: str | Path | None,
+    random_weights: bool,
+) -> tuple[Path | None, Path | None]:
+    """The feature networks' weight files (MedicalNet, 2D ResNet-50), found before anything is read: a missing file
+    fails in one line naming where it was looked for and how to pass it. The memorisation audit alone goes on
+    without MedicalNet (NCC only) unless a MedicalNet path was given (a given path that is absent is a mistake)."""
+    if random_weights:
+        return None, None
+    path3d = path2d = None
+    if "fid" in parts or "memorisation" in parts:
+        try:
+            path3d = features.resolve_weights("medicalnet_resnet50", medicalnet_weights, large_files)
+        except features.MissingWeightsError:
+            if "fid" in parts or medicalnet_weights is not None:
+                raise
+    if "fid_2p5d" in parts:
+        path2d = features.resolve_weights("resnet50_2d", resnet2d_weights, large_files)
+    return path3d, path2d
+
+
+def _check_adherence_inputs(
+    prompt_pairs: str | Path | None, adherence_dir: str | Path, num: int
+) -> list[adherence.PromptPair]:
+    """The prompt pairs, and ``num`` generated volumes for each of their prompts (the first one a CT), before the
+    other parts run: a missing prompt or volume would otherwise stop the command after them."""
+    pairs = adherence.load_pairs(prompt_pairs)
+    volumes = adherence.folder_volumes(adherence_dir)
+    found = [
+        adherence.volumes_for(volumes, adherence_dir, p, num) for pair in pairs for p in (pair.finding, pair.negation)
+    ]
+    data.read_ct(found[0][0])
+    return pairs
+
+
 def run_evaluation(
     output_dir: str | Path,
     parts: Sequence[str] = DEFAULT_PARTS,
@@ -161,22 +199,22 @@ def run_evaluation(
         _require(adherence_dir, "adherence_dir", "adherence")
     if "segmentation" in parts:
         _require(segmentation_dir, "segmentation_dir", "segmentation")
-    # the measure backend and networks first, so missing packages or weights fail before any long loop
+    # every input is found and checked first (weights, measure backend, volumes, pairs, predictions), so a missing
+    # or wrong one fails in one line before a network loads or a volume is measured
+    path3d, path2d = _resolve_weights(parts, medicalnet_weights, resnet2d_weights, large_files, random_weights)
     measure_backend = None
     if "measures" in parts or "adherence" in parts:
         measure_backend = anatomy_measures.get_backend(backend, **(backend_options or {}))
         measure_backend.check(anatomy_measures.GROUPS)
     _check_inputs(parts, synthetic_dir, synthetic_glob, real_datalist, real_split, training_split, max_volumes)
+    pairs = _check_adherence_inputs(prompt_pairs, adherence_dir, adherence_num) if "adherence" in parts else []
+    conditions = segmentation.folder_conditions(segmentation_dir) if "segmentation" in parts else []
     settings = {"feature_size": feature_size, "slice_step": slice_step, "measure_backend": measure_backend}
     net3d = net2d = None
-    if "fid" in parts or "memorisation" in parts:
-        try:
-            net3d = features.medicalnet_resnet50(medicalnet_weights, large_files, random_weights)
-        except features.MissingWeightsError:
-            if "fid" in parts:
-                raise
+    if ("fid" in parts or "memorisation" in parts) and (random_weights or path3d is not None):
+        net3d = features.medicalnet_resnet50(path3d, large_files, random_weights)
     if "fid_2p5d" in parts:
-        net2d = features.resnet50_2d(resnet2d_weights, large_files, random_weights)
+        net2d = features.resnet50_2d(path2d, large_files, random_weights)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net3d = net3d.to(device) if net3d is not None else None
     net2d = net2d.to(device) if net2d is not None else None
@@ -250,10 +288,9 @@ def run_evaluation(
             results["memorisation"] = audit
 
     if "adherence" in parts:
-        pairs = adherence.load_pairs(prompt_pairs)
         study = adherence.run_study(
             pairs,
-            adherence.folder_generator(adherence_dir),
+            adherence.folder_generator(adherence_dir, check=True),
             adherence_num,
             measure=lambda ct, sp, measures: anatomy_measures.measure_ct(
                 ct, sp, measures=measures, backend=measure_backend
@@ -268,7 +305,6 @@ def run_evaluation(
         for item in data.datalist_items(real_datalist, real_split, max_volumes):
             masks = {k: read_nifti(item[k])[0] for k in ("lobe", "airway", "vessel") if k in item}
             cases.append({"id": item["id"], **masks})
-        conditions = segmentation.folder_conditions(segmentation_dir)
         results["segmentation"] = segmentation.run_segmentation_study(
             cases, segmentation.folder_predictor(segmentation_dir), conditions, progress
         )

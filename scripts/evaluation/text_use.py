@@ -103,17 +103,31 @@ def phantom_cases(
     """``num`` phantom cases with ``findings``, preprocessed to the stage-1 grid as in training (with the weights'
     conventions, default this bundle's).
 
+    Args:
+        workdir: a new or empty folder for the cases' files (one per distinct findings: the phantom writer refuses
+            to write over another data set).
+
     Returns:
         (num, 4, grid/4, grid/4, grid/4) clean volumes and the cases' own reports.
     """
     from scripts.engines import load_split, lowres_transforms
     from scripts.phantom import write_dataset
 
-    datalist = write_dataset(Path(workdir) / findings.replace(":", "_"), num, size, seed, findings, val_fraction=0.0)
+    datalist = write_dataset(Path(workdir), num, size, seed, findings, val_fraction=0.0)
     items = load_split(datalist, None, "training")
     transform = lowres_transforms(spacing, grid, conventions=conventions)
     volumes = [transform(item)["lowres"].as_tensor() for item in items]
     return torch.stack(volumes), [item["report"] for item in items]
+
+
+def _findings_key(pair: PromptPair) -> Any:
+    """What makes two pairs' phantom cases the same: their parsed findings (a one-line error names a bad spec)."""
+    from scripts.phantom.findings import FindingSpec
+
+    try:
+        return FindingSpec.parse(pair.phantom_findings)
+    except ValueError as err:
+        raise ValueError(f"pair {pair.name!r}: phantom_findings: {err}") from None
 
 
 def text_use_study(
@@ -146,6 +160,9 @@ def text_use_study(
     usable = [pair for pair in pairs if pair.phantom_findings]
     if not usable:
         raise ValueError('no prompt pair names its phantom_findings (e.g. "effusion:bilateral:large")')
+    # pairs whose findings parse the same (two phrasings of one report, or "Effusion: bilateral:large") share their
+    # cases, made once; parsing here also refuses a bad spec before the network and the encoder load
+    keys = [_findings_key(pair) for pair in usable]
     network, info = load_network(weights, "lowres", device)
     data = info.get("data") or {}
     if "spacing" not in data or "size" not in data:
@@ -159,14 +176,15 @@ def text_use_study(
         return encoder.encode(texts).to(device, torch.float32)
 
     results = []
-    cases: dict[str, tuple[torch.Tensor, list[str]]] = {}  # pairs with the same findings share their cases
+    cases: dict[Any, tuple[torch.Tensor, list[str]]] = {}
     with tempfile.TemporaryDirectory() as workdir:
-        for pair in usable:
-            if pair.phantom_findings not in cases:
-                cases[pair.phantom_findings] = phantom_cases(
-                    pair.phantom_findings, num, size, seed, data["spacing"], data["size"], workdir, conventions
+        for pair, key in zip(usable, keys):
+            if key not in cases:  # one folder per distinct findings (numbered: the spec text need not be a name)
+                folder = Path(workdir) / f"cases_{len(cases)}"
+                cases[key] = phantom_cases(
+                    pair.phantom_findings, num, size, seed, data["spacing"], data["size"], folder, conventions
                 )
-            x0, reports = cases[pair.phantom_findings]
+            x0, reports = cases[key]
             x0 = x0.to(device)
             contexts = {
                 "own": encoded(reports),
