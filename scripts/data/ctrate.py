@@ -34,7 +34,7 @@ from typing import Any
 from scripts.cli import ArgumentParser, run_main
 from scripts.conventions import MASK_KEYS
 from scripts.data.datalist import DataError, Problem
-from scripts.data.io import OutputExistsError, write_json
+from scripts.data.io import OutputExistsError, read_utf8_text, write_json
 
 NAME_PATTERN = re.compile(r"^(?P<split>train|valid)_(?P<patient>\d+)_(?P<scan>[a-z]+)_(?P<recon>\d+)\.nii(?:\.gz)?$")
 REPORT_COLUMNS = ("VolumeName", "Findings_EN", "Impressions_EN")
@@ -101,7 +101,7 @@ def read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: CSV not found")
-    reader = csv.DictReader(io.StringIO(_utf8_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(read_utf8_text(path, DataError), newline=""))
     missing = [c for c in columns if c not in (reader.fieldnames or [])]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
@@ -111,19 +111,6 @@ def read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> dict[str, 
         if name:
             rows[name] = row
     return rows
-
-
-def _utf8_text(path: Path) -> str:
-    """The whole file as UTF-8 (a byte-order mark dropped); a bad byte is refused with its offset, never replaced:
-    the reports become the model's conditioning text. Read at once so the offset counts from the file's start (a
-    streamed reader's error counts from its buffer) - the CSVs are tens of MB."""
-    data = path.read_bytes()
-    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    try:
-        return data[start:].decode("utf-8")
-    except UnicodeDecodeError as err:
-        offset = start + err.start
-        raise DataError(f"{path}: byte {offset} (0x{data[offset]:02x}) is not UTF-8; save the file as UTF-8") from None
 
 
 def _text(value: str | None) -> str:

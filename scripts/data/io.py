@@ -80,6 +80,30 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     return removed
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def read_utf8_text(path: str | os.PathLike, error: type[Exception] = ValueError) -> str:
+    """The text of a user's file (reports, prompts, datalists, CSVs), which must be UTF-8 (a byte-order mark is
+    dropped).
+
+    A byte that is not UTF-8 is refused with its offset rather than replaced: a silently altered report would
+    condition the model on other text than the user wrote. The whole file is read at once, so the offset counts from
+    its start (a streamed reader's would count from its buffer).
+
+    Raises:
+        error: (the caller's exception type) naming the file, the offset and value of the first bad byte, and the fix.
+    """
+    data = Path(path).read_bytes()
+    # the mark is dropped by hand, not by the "utf-8-sig" codec, whose error offsets would not count its 3 bytes
+    start = len(_BOM) if data.startswith(_BOM) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = start + err.start
+        raise error(f"{path}: byte {offset} (0x{data[offset]:02x}) is not UTF-8; save the file as UTF-8") from None
+
+
 def check_output_folder(folder: str | os.PathLike, option: str = "output_dir") -> Path:
     """Make sure ``folder`` is (or can be made) a writable folder, before any compute; returns it.
 

@@ -28,7 +28,13 @@ from monai.handlers import CheckpointLoader
 from scripts.conventions import TEXT_TOKENS, ModelConventions, conventions_from_description, get_conventions
 from scripts.data.io import remove_stale_temporaries
 from scripts.networks import MedSynUNet, load_state, read_description
-from scripts.networks.weights import UnreadableWeightsError, described_network, description_path, read_state_file
+from scripts.networks.weights import (
+    UnreadableWeightsError,
+    described_network,
+    description_path,
+    read_state_file,
+    state_difference,
+)
 from scripts.text.backends import OFFICIAL_LM_FILE
 from scripts.text.encoder import OFFICIAL_LANGUAGE_MODEL
 
@@ -226,27 +232,6 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint written by another network than the one this run builds (another preset or overrides)."""
 
 
-def _state_difference(own: Mapping[str, Any], saved: Mapping[str, Any]) -> str:
-    """What differs between two flat state dicts ("" when keys and shapes agree), for a one-line message."""
-    missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
-    shapes = sorted(
-        k
-        for k in own.keys() & saved.keys()
-        if isinstance(own[k], torch.Tensor) and isinstance(saved[k], torch.Tensor) and own[k].shape != saved[k].shape
-    )
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} keys missing, e.g. {missing[0]}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
-    if shapes:
-        first = shapes[0]
-        parts.append(
-            f"{len(shapes)} shapes differ, e.g. {first} {list(saved[first].shape)} there, {list(own[first].shape)} here"
-        )
-    return "; ".join(parts)
-
-
 def _is_tensor_state(state: Any) -> bool:
     # a module's (or the EMA's) state dict: the optimizer's, trainer's and RNG's hold other values too
     return isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values())
@@ -317,7 +302,7 @@ class ResumeFromLatest(CheckpointLoader):
             own = obj.state_dict()
             if not _is_tensor_state(own):
                 continue
-            difference = _state_difference(own, saved)
+            difference = state_difference(own, saved)
             if difference:
                 raise CheckpointMismatchError(
                     f"{path} was written by a different network ({name}: {difference}): use the same preset and "

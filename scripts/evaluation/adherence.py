@@ -9,7 +9,6 @@ from a folder (:func:`folder_generator`) all serve.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -20,9 +19,9 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from scripts.data.io import read_nifti
-from scripts.evaluation.anatomy_measures import MEASURES, measure_ct, spacing_of
+from scripts.evaluation.anatomy_measures import MEASURES, measure_ct
 from scripts.evaluation.data import read_ct
+from scripts.text.reports import read_json_file
 
 Volume = tuple[np.ndarray, Sequence[float]]
 Generator = Callable[[str, int, int], list[Volume]]
@@ -80,22 +79,14 @@ class PromptPair:
             raise ValueError(f"pair {self.name!r}: alternative must be one of {ALTERNATIVES}, got {self.alternative!r}")
 
 
-def _read_json(path: Path) -> Any:
-    """The JSON content of ``path``; a one-line error names a missing, non-UTF-8 or malformed file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a UTF-8 JSON file ({err})") from None
-
-
 def load_pairs(source: str | Path | Sequence[dict] | None = None) -> list[PromptPair]:
     """Prompt pairs from a JSON file (a list, or ``{"pairs": [...]}``), a list of dicts, or the paper's defaults."""
     if source is None:
         items: Sequence[dict] = DEFAULT_PAIRS
     elif isinstance(source, (str, Path)):
-        content = _read_json(Path(source))
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"{source}: no such file")
+        content = read_json_file(source, "prompt-pairs file")
         if isinstance(content, dict) and "pairs" not in content:
             raise ValueError(f"{source}: no 'pairs' list; write {{\"pairs\": [...]}} or a bare list of pairs")
         items = content["pairs"] if isinstance(content, dict) else content
@@ -198,7 +189,7 @@ def folder_volumes(folder: str | Path) -> dict[str, list[Path]]:
     folder = Path(folder)
     by_prompt: dict[str, list[tuple[float, str, Path]]] = {}
     for sidecar in sorted(folder.rglob("*.json")):
-        meta = _read_json(sidecar)
+        meta = read_json_file(sidecar, "sidecar")
         if not isinstance(meta, dict) or not meta.get("prompt"):
             continue
         stem = sidecar.name.removesuffix(".json")
@@ -237,14 +228,7 @@ def folder_generator(folder: str | Path, check: bool = False) -> Generator:
     volumes = folder_volumes(folder)
 
     def generate(prompt: str, num: int, seed: int) -> list[Volume]:
-        paths = volumes_for(volumes, folder, prompt, num)
-        if check:
-            return [read_ct(path) for path in paths]
-        out = []
-        for path in paths:
-            array, affine = read_nifti(path)
-            out.append((np.asarray(array, dtype=np.float32), spacing_of(affine)))
-        return out
+        return [read_ct(path, check) for path in volumes_for(volumes, folder, prompt, num)]
 
     return generate
 

@@ -56,11 +56,13 @@ def check_ct(array: np.ndarray, path: str | Path) -> None:
         )
 
 
-def read_ct(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """CT (float32 HU) and spacing (mm) of one NIfTI file, checked by :func:`check_ct`."""
+def read_ct(path: str | Path, check: bool = True) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """CT (float32 HU) and spacing (mm) of one NIfTI file, checked by :func:`check_ct` (unless ``check`` is off: toy
+    volumes of tests)."""
     array, affine = read_nifti(path)
     array = np.asarray(array)
-    check_ct(array, path)
+    if check:
+        check_ct(array, path)
     # a (X, Y, Z, 1) file passes the check; the measures and networks take the 3D volume
     return array.reshape(array.shape[:3]).astype(np.float32, copy=False), spacing_of(affine)
 

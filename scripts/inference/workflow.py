@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 FIXED_INPUTS = {"image": "ct", "lobe": "lobe", "airway": "airway", "vessel": "vessel"}  # CLI key → channel
 
-DATALIST_NAME = "MedSyn-MONAI synthetic chest CT"
+DATASET_NAME = "MedSyn-MONAI synthetic chest CT"  # the "name" of the datalist.json synthesize writes
 
 
 class InferenceRunner:
@@ -293,7 +293,7 @@ class InferenceRunner:
             items[image] = {"image": image, "label": paths["label"].name, "fold": fold}
         datalist = write_json(
             root / "datalist.json",
-            {"name": DATALIST_NAME, "synthetic": True, "labels": SEGMENTATION_LABELS, "training": list(items.values())},
+            {"name": DATASET_NAME, "synthetic": True, "labels": SEGMENTATION_LABELS, "training": list(items.values())},
             overwrite=True,  # the folder's index: the cases it listed are kept, this run's added
         )
         write_text(
@@ -321,7 +321,7 @@ def _read_dataset_index(path: Path) -> list[dict[str, Any]]:
         raise OutputExistsError(
             f"{path} exists and is not a readable datalist ({err}); use another --output_dir"
         ) from None
-    if not (isinstance(index, dict) and index.get("synthetic") is True and index.get("name") == DATALIST_NAME):
+    if not (isinstance(index, dict) and index.get("synthetic") is True and index.get("name") == DATASET_NAME):
         raise OutputExistsError(
             f"{path} is the datalist of another dataset, not of MedSyn-MONAI synthetic cases; use another --output_dir"
         )

@@ -222,21 +222,30 @@ def load_state(module: torch.nn.Module, path: str | os.PathLike, fits: str, fix:
     state = read_state_file(path)
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict: {fix or WEIGHTS_FIX}")
-    own = module.state_dict()
-    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-    if missing or unexpected:
-        more = "..." if len(missing) > 5 or len(unexpected) > 5 else ""
-        raise ValueError(
-            f"{path} does not fit {fits}: missing {missing[:5]}, unexpected {unexpected[:5]}{more}"
-            + (f"; {fix}" if fix else "")
-        )
-    # load_state_dict would report shapes in a message of one line per tensor
-    shapes = [k for k, v in own.items() if isinstance(state[k], torch.Tensor) and state[k].shape != v.shape]
-    if shapes:
-        first = shapes[0]
-        raise ValueError(
-            f"{path} does not fit {fits}: {len(shapes)} tensors of other shapes, e.g. {first} "
-            f"{list(state[first].shape)} in the file, {list(own[first].shape)} here" + (f"; {fix}" if fix else "")
-        )
+    difference = state_difference(module.state_dict(), state)
+    if difference:
+        raise ValueError(f"{path} does not fit {fits}: {difference}" + (f"; {fix}" if fix else ""))
     module.load_state_dict(state)
     return module
+
+
+def state_difference(own: Mapping[str, Any], saved: Mapping[str, Any]) -> str:
+    """Why the state dict ``saved`` (from a file) does not fit ``own`` (a module's), in one line, or "" when keys and
+    tensor shapes agree: the missing and unexpected keys (the first five of each), else the tensors of other shapes
+    (``load_state_dict`` would report those in a message of one line per tensor)."""
+    missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+    if missing or unexpected:
+        more = "..." if len(missing) > 5 or len(unexpected) > 5 else ""
+        return f"missing {missing[:5]}, unexpected {unexpected[:5]}{more}"
+    shapes = [
+        k
+        for k, v in own.items()
+        if isinstance(saved[k], torch.Tensor) and isinstance(v, torch.Tensor) and saved[k].shape != v.shape
+    ]
+    if shapes:
+        first = shapes[0]
+        return (
+            f"{len(shapes)} tensors of other shapes, e.g. {first} {list(saved[first].shape)} in the file, "
+            f"{list(own[first].shape)} here"
+        )
+    return ""

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from scripts.data.io import read_utf8_text
+
 __all__ = [
     "ReportError",
     "ReportSections",
@@ -33,29 +35,10 @@ class ReportError(ValueError):
     """A report that cannot be used (empty after cleaning, missing, of the wrong type)."""
 
 
-_BOM = b"\xef\xbb\xbf"
-
-
 def read_text_file(path: str | Path) -> str:
-    """The text of a user's file (reports, prompt files, datalists), which must be UTF-8 (a byte-order mark is
-    dropped).
-
-    A byte that is not UTF-8 is refused with its offset rather than replaced: a silently altered report would
-    condition the model on other text than the user wrote.
-
-    Raises:
-        ReportError: naming the file, the offset and value of the first bad byte, and the fix.
-    """
-    data = Path(path).read_bytes()
-    # the mark is dropped by hand, not by the "utf-8-sig" codec, whose error offsets would not count its 3 bytes
-    start = len(_BOM) if data.startswith(_BOM) else 0
-    try:
-        return data[start:].decode("utf-8")
-    except UnicodeDecodeError as err:
-        offset = start + err.start
-        raise ReportError(
-            f"{path}: byte {offset} (0x{data[offset]:02x}) is not UTF-8; save the file as UTF-8"
-        ) from None
+    """The text of a user's report, prompt or datalist file: :func:`scripts.data.io.read_utf8_text`, failing with
+    :class:`ReportError`."""
+    return read_utf8_text(path, ReportError)
 
 
 def read_json_file(path: str | Path, what: str = "JSON file") -> Any:
