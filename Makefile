@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test lint format bundle clean
+.PHONY: demo test lint format bundle clean integration-monailabel
 
 LINT_STAMP := $(VENV)/.lint-installed
 CODE := scripts tests benchmarks .ci
@@ -49,6 +49,11 @@ format: $(LINT_STAMP)
 # the release archive as the model zoo distributes it: outputs/bundle/medsyn_monai_<version>.zip, replaced if present
 bundle: $(STAMP)
 	$(PY) .ci/package_bundle.py --out outputs/bundle --overwrite
+
+# opt-in, not part of `make test`: a real MONAI Label 0.8.5 server on 127.0.0.1 serving the segmentation entry
+# (builds outputs/monailabel-env once; docs/monai_label.md)
+integration-monailabel:
+	$(PYTHON) .ci/integration_monailabel.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -9,6 +9,8 @@ TotalSegmentator integration, one classical segmentation). Bundle configs import
 """
 
 import json
+import logging
+import warnings
 from pathlib import Path
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
@@ -23,3 +25,9 @@ def _bundle_version() -> str:
 
 
 __version__ = _bundle_version()
+
+# With pydicom installed (DICOM in and out), MONAI 1.6 sets up its GPU DICOM decoder (nvImageCodec) in every
+# LoadImage and warns twice when it is absent, which is the normal case (a CPU, or no nvImageCodec package): the
+# plain pydicom decoder reads the series. Those two lines would break every one-line failure message.
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)

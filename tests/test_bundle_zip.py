@@ -49,6 +49,7 @@ def test_archive_holds_the_bundle_folder_and_nothing_else(archive):
     for needed in ("configs/metadata.json", "configs/inference.json", "configs/logging.conf", "scripts/__init__.py"):
         assert f"medsyn_monai/{needed}" in names
     assert "medsyn_monai/docs/README.md" in names and "medsyn_monai/models/README.md" in names
+    assert "medsyn_monai/docs/data_license.txt" in names  # the model zoo's third-party data licence file
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/." in n]
 
 

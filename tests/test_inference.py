@@ -222,14 +222,81 @@ def test_prompt_files(tmp_path):
         read_prompts(prompt_file=tmp_path / "d.json")
 
 
-def test_synthesize_writes_an_auto3dseg_dataset(runner, weights, tmp_path):
-    datalist = runner(tmp_path).synthesize(prompt=REPORT, num_samples=3, num_folds=2)
-    items = load_decathlon_datalist(str(datalist), True, "training", str(tmp_path))
+def test_synthesize_writes_an_auto3dseg_dataset(runner, weights, tmp_path, monkeypatch):
+    """A dataset that can be moved: every path relative to its folder; Auto3DSeg's own DataAnalyzer reads the moved
+    copy from another working directory through auto3dseg_input."""
+    import shutil
+
+    from monai.apps.auto3dseg import DataAnalyzer
+
+    from scripts.conventions import SEGMENTATION_LABELS
+    from scripts.data.auto3dseg import auto3dseg_input
+
+    made = tmp_path / "made"
+    datalist = runner(made).synthesize(prompt=REPORT, num_samples=3, num_folds=2)
+    items = load_decathlon_datalist(str(datalist), True, "training", str(made))
     assert [item["fold"] for item in items] == [0, 1, 0]
-    label = np.asarray(nib.load(items[0]["label"]).dataobj)
-    assert label.dtype == np.uint8 and label.max() <= 7
-    config = (tmp_path / "data_src_cfg.yaml").read_text()
-    assert "modality: CT" in config and str(datalist.resolve()) in config
+    held = set()
+    for item in items:
+        label = np.asarray(nib.load(item["label"]).dataobj)
+        assert label.dtype == np.uint8 and label.max() <= 7
+        held |= set(np.unique(label).tolist())
+    index = json.loads(datalist.read_text())
+    assert index["absent_labels"] == {str(k): v for k, v in SEGMENTATION_LABELS.items() if k not in held}
+    assert all("/" not in item[key] for item in index["training"] for key in ("image", "label"))
+    assert (made / "data_src_cfg.yaml").read_text() == "modality: CT\ndatalist: datalist.json\ndataroot: .\n"
+
+    moved = shutil.move(str(made), str(tmp_path / "moved"))
+    monkeypatch.chdir(tmp_path)
+    source = auto3dseg_input(moved)
+    assert source["datalist"] == str(tmp_path / "moved" / "datalist.json")
+    stats = DataAnalyzer(
+        source["datalist"], source["dataroot"], output_path=str(tmp_path / "stats.yaml"), device="cpu", worker=0
+    ).get_all_case_stats()
+    found = stats["stats_summary"]["label_stats"]["labels"]
+    assert sorted(found) == sorted(held) and len(stats["stats_by_cases"]) == 3
+    with pytest.raises(FileNotFoundError, match="run synthesize"):
+        auto3dseg_input(tmp_path / "made")
+
+
+def test_dicom_output_beside_or_instead_of_nifti(runner, tmp_path):
+    """--output_format: the CT as a DICOM series and the maps as a DICOM Segmentation (tests/test_dicom.py reads
+    them back); a rerun keeps the finished sample; synthesize needs NIfTI labels for Auto3DSeg."""
+    import pydicom
+
+    (both,) = runner(tmp_path / "both", output_format="both").generate(prompt=REPORT, seed=3)
+    assert {"ct", "lobe", "ct_dicom", "seg_dicom"} <= both.keys() and both["ct"].is_file()
+    sidecar = json.loads(both["json"].read_text())
+    assert (
+        sidecar["files"]["ct_dicom"] == "prompt_seed3_ct_dicom"
+        and sidecar["files"]["seg_dicom"] == "prompt_seed3_seg.dcm"
+    )
+    first = pydicom.dcmread(str(sorted(both["ct_dicom"].iterdir())[0]))
+    assert first.Modality == "CT" and "prompt_seed3" in first.SeriesDescription
+    (dicom,) = runner(tmp_path / "dicom", output_format="dicom").generate(prompt=REPORT, seed=3)
+    assert "ct" not in dicom and sorted(p.name for p in (tmp_path / "dicom").iterdir()) == [
+        "prompt_seed3.json",
+        "prompt_seed3.png",
+        "prompt_seed3_ct_dicom",
+        "prompt_seed3_seg.dcm",
+    ]
+    with pytest.raises(ValueError, match="--output_format must be one of nifti, dicom, both"):
+        runner(tmp_path, output_format="DICOM")
+    with pytest.raises(ValueError, match="synthesize writes an Auto3DSeg dataset of NIfTI"):
+        runner(tmp_path / "dicom", output_format="dicom").synthesize(prompt=REPORT)
+
+
+def test_a_class_in_no_label_map_is_said(tmp_path, caplog):
+    from scripts.conventions import SEGMENTATION_LABELS
+    from scripts.data.auto3dseg import absent_label_classes
+
+    for name, values in (("a.nii.gz", [0, 1, 2, 6]), ("b.nii.gz", [0, 3, 4, 5])):
+        write_nifti(tmp_path / name, np.array(values, dtype=np.uint8).reshape(1, 1, 4), np.eye(4), "uint8")
+    with caplog.at_level("WARNING"):
+        absent = absent_label_classes(tmp_path, [{"label": "a.nii.gz"}, {"label": "b.nii.gz"}], SEGMENTATION_LABELS)
+    assert absent == {7: "pulmonary vessel"}
+    assert "no label map holds class 7 (pulmonary vessel); Auto3DSeg" in caplog.text
+    assert absent_label_classes(tmp_path, [{"label": "a.nii.gz"}], {1: "x", 6: "y"}) == {}
 
 
 def test_bundle_command_runs_and_fails_in_one_line(runner, weights, tmp_path):

@@ -15,11 +15,15 @@ import torch
 from monai.bundle import ConfigParser, create_workflow
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, SaveImaged
+from monai.transforms import Spacingd as MonaiSpacingd
 
 from scripts.conventions import NUM_SEGMENTATION_LABELS, SEGMENTATION_LABELS, combine_labels
 from scripts.data.io import OutputExistsError, write_nifti
+from scripts.data.transforms import Spacingd
 from scripts.inference.segmentation import (
     JointSegmentationNetwork,
+    SegmentationInferer,
+    WeightsMismatchError,
     check_segment_run,
     main,
     segmentation_datalist,
@@ -111,6 +115,118 @@ def test_monai_label_loads_model_pt_strictly_and_reads_the_labels(bundle, tmp_pa
         JointSegmentationNetwork.from_descriptions(bundle.lowres, tmp_path / "sr.pt")
 
 
+def monai_label_item(config: dict, image: str, **request) -> dict:
+    """The item MONAI Label 0.8.5 hands to the preprocessing, as its server logged it ("Infer Request (final)") for
+    ``POST /infer/medsyn_monai?image=phantom`` with params ``{"steps_lowres": 2, "steps_sr": 1, "seed": 3}``
+    (.ci/integration_monailabel.py): the task's options (``model_filename`` lists the ``models/*.pt`` files, shortest
+    first, and ``displayable_configs``), the request, the model's description, and ``image_path`` beside ``image``
+    (``BasicInferTask.__call__``)."""
+    item = {
+        "device": "cpu",
+        "model_filename": ["model.pt", "sr_small.pt", "lowres_small.pt"],
+        **config,
+        "model": "medsyn_monai",
+        "image": image,
+        "description": "A MONAI reimplementation of MedSyn (Xu et al., IEEE TMI 2024).",
+        **request,
+    }
+    return {**item, "image_path": image}
+
+
+def monai_label_preprocessing(parser: ConfigParser) -> list:
+    """``BundleInferTask.pre_transforms``: the top-level transforms of ``preprocessing``, LoadImaged returning the
+    metadata dict too (MONAI Label sets ``image_only`` False and keeps ``image_meta_dict``)."""
+    pre = list(parser.get_parsed_content("preprocessing").transforms)
+    for transform in pre:
+        if isinstance(transform, LoadImaged):
+            transform._loader.image_only = False
+    return pre
+
+
+def test_monai_label_request_item_goes_through_the_segmentation(bundle):
+    """MONAI Label's own item (``image_path`` and all): MONAI 1.6's Spacingd fails on the ``image_path`` string, the
+    bundle's Spacingd resamples and keeps it."""
+    parser = ConfigParser()
+    parser.read_config(CONFIG)
+    parser.update(_settings(bundle))
+    options = parser.get_parsed_content("displayable_configs")
+    data = monai_label_item(options, str(bundle.ct), steps_lowres=1, steps_sr=1, seed=3)
+    pre = monai_label_preprocessing(parser)
+    spacing = next(i for i, t in enumerate(pre) if isinstance(t, MonaiSpacingd))
+    assert isinstance(pre[spacing], Spacingd)
+    monai_spacing = MonaiSpacingd(pre[spacing].keys, pixdim=GRID["spacing"])
+    loaded = data
+    for transform in pre[:spacing]:
+        loaded = transform(loaded)
+    with pytest.raises(AttributeError, match="'str' object has no attribute 'update'"):
+        monai_spacing(dict(loaded))
+    for transform in pre:
+        data = transform(data)
+    assert data["image_path"] == str(bundle.ct) and data["model_filename"][0] == "model.pt"
+    assert data["image_meta_dict"]["filename_or_obj"] == str(bundle.ct)
+    assert data["image"].shape == (1, SIZE, SIZE, SIZE)
+
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle.model, map_location="cpu"), strict=False)
+    with torch.no_grad():
+        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network.eval())[0]
+    for transform in parser.get_parsed_content("postprocessing").transforms:
+        if not isinstance(transform, SaveImaged):
+            data = transform(data)
+    assert data["pred"].shape == (1, 32, 32, 28) and data["pred"].dtype == torch.uint8
+    np.testing.assert_allclose(data["pred"].affine.numpy(), CT_AFFINE, atol=1e-4)
+
+
+def test_options_shown_in_monai_label_reach_the_sampler(bundle):
+    """``displayable_configs`` holds the step counts and the seed; MONAI Label writes a request's values into it and
+    parses again, then builds the inferer (its network is built once per server)."""
+    parser = ConfigParser()
+    parser.read_config(CONFIG)
+    assert parser.get_parsed_content("displayable_configs") == {"steps_lowres": 50, "steps_sr": 20, "seed": 0}
+    parser["displayable_configs"].update({"steps_lowres": 2, "steps_sr": "1", "seed": 7})  # BundleInferTask
+    parser.parse()
+    inferer = parser.get_parsed_content("inferer")
+    assert (inferer.steps_lowres, inferer.steps_sr, inferer.seed) == (2, 1, 7)
+    calls = []
+    inferer(torch.zeros(1, 1, 4, 4, 4), lambda image, **settings: calls.append(settings) or image)
+    assert calls == [{"steps_lowres": 2, "steps_sr": 1, "seed": 7}]
+    with pytest.raises(ValueError, match="steps_sr"):
+        SegmentationInferer(steps_sr=0)
+
+    network = JointSegmentationNetwork.from_descriptions(bundle.lowres, bundle.sr, load=True, progress=False)
+    ct = torch.rand(1, 1, SIZE, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        by_inferer = SegmentationInferer(1, 1, seed=5)(ct, network)
+        network.steps_lowres, network.steps_sr, network.seed = 1, 1, 5
+        by_network = network(ct)
+    torch.testing.assert_close(by_inferer, by_network)
+
+
+def test_weights_load_strictly_whatever_strict_the_caller_passes(bundle):
+    """MONAI Label loads the model option's file with ``load_state_dict(strict=False)``."""
+    network = JointSegmentationNetwork.from_descriptions(bundle.lowres, bundle.sr, progress=False)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    stage_one = torch.load(bundle.lowres, weights_only=True)
+    with pytest.raises(WeightsMismatchError, match=r"stage-1 \(lowres\) weights alone .*choose model.pt"):
+        network.load_state_dict(stage_one, strict=False)
+    model = torch.load(bundle.model, weights_only=True)
+    partial = {k: v for k, v in model.items() if not k.endswith(".bias")}
+    with pytest.raises(WeightsMismatchError, match="do not fit the segmentation network: missing .*scripts.inference"):
+        network.load_state_dict(partial, strict=False)
+    for key, value in network.state_dict().items():  # nothing loaded
+        torch.testing.assert_close(value, before[key])
+    network.load_state_dict(model, strict=False)
+    torch.testing.assert_close(network.state_dict()["sr." + next(iter(torch.load(bundle.sr, weights_only=True)))],
+                               next(iter(torch.load(bundle.sr, weights_only=True).values())))  # fmt: skip
+
+
+def test_torchscript_export_is_refused_with_the_reason(bundle):
+    """``ckpt_export`` scripts ``network_def``; a diffusion sampler is no TorchScript graph (docs/monai_label.md)."""
+    network = JointSegmentationNetwork.from_descriptions(bundle.lowres, bundle.sr, progress=False)
+    with pytest.raises(TypeError, match="cannot be exported to TorchScript: its forward is a diffusion sampler"):
+        torch.jit.script(network)
+
+
 def test_monai_label_pipeline_returns_labels_on_the_input_grid(bundle):
     """BundleInferTask's order: preprocessing (LoadImaged found at the top level), inferer, postprocessing without
     SaveImaged (MONAI Label writes the label itself)."""
@@ -153,6 +269,30 @@ def test_infer_workflow_writes_a_label_map_in_the_input_space(bundle, tmp_path):
     with pytest.raises(Exception) as info:  # refused when the dataset is built, before any network runs
         again.run()
     assert any(isinstance(e, OutputExistsError) and "--overwrite true" in str(e) for e in _causes(info.value))
+
+
+def test_infer_workflow_segments_a_dicom_series_on_its_own_grid(bundle, tmp_path):
+    """--image takes a DICOM series folder; the label map comes back on the series' grid (as NIfTI)."""
+    from scripts.data.dicom import read_series, write_ct_series
+
+    ct = nib.load(str(bundle.ct))
+    write_ct_series(tmp_path / "series", np.asarray(ct.dataobj), ct.affine, "SYNTHETIC-test", "test")
+    nifti_run, dicom_run = tmp_path / "from_nifti", tmp_path / "from_dicom"
+    for image, out in ((bundle.ct, nifti_run), (tmp_path / "series", dicom_run)):
+        overrides = _settings(bundle, image=str(image), output_dir=str(out), steps_lowres=2, steps_sr=1)
+        workflow = create_workflow(config_file=CONFIG, workflow_type="infer", logging_file=False, **overrides)
+        workflow.initialize()
+        workflow.run()
+    label = nib.load(str(dicom_run / "series_seg.nii.gz"))
+    _, affine, shape = read_series(tmp_path / "series")
+    assert label.shape == shape and label.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(label.affine, affine, atol=1e-4)
+    # the same labels as from the NIfTI CT, put on that CT's grid (the series runs its y axis the other way)
+    from_nifti = np.asarray(nib.load(str(nifti_run / "ct_seg.nii.gz")).dataobj)
+    flip = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(ct.affine)
+    )
+    np.testing.assert_array_equal(nib.orientations.apply_orientation(np.asarray(label.dataobj), flip), from_nifti)
 
 
 def test_segment_command_fails_in_one_line_before_any_compute(bundle, tmp_path):

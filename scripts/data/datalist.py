@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.conventions import MASK_KEYS
+from scripts.data.dicom import is_dicom_series
 from scripts.data.io import write_json
 
 IMAGE_KEY = "image"
@@ -124,9 +125,14 @@ def check_item(
             problems.append(Problem(name, "", "report is empty; give the report text"))
     if check_files:
         for key in PATH_KEYS:
-            if key in item and not Path(item[key]).is_file():
+            path = Path(item[key]) if key in item else None
+            if path is None or path.is_file() or (key != REPORT_FILE_KEY and is_dicom_series(path)):
+                continue
+            if path.is_dir():
+                problem = f"'{key}' is a folder without DICOM files; give a NIfTI file or a DICOM series folder"
+            else:
                 problem = f"'{key}' file not found; check the path and the dataset root"
-                problems.append(Problem(name, str(item[key]), problem))
+            problems.append(Problem(name, str(item[key]), problem))
     return problems
 
 

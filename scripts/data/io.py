@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -76,6 +77,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     for path in sorted(folder.glob(_temporary_glob(name))):
         if path.is_file():
             path.unlink(missing_ok=True)
+            removed.append(path)
+        elif path.is_dir():  # a folder written whole, then renamed (a DICOM series)
+            shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 

@@ -46,8 +46,8 @@ from monai.transforms import (
     Resized,
     ResizeWithPadOrCropd,
     ScaleIntensityRanged,
-    Spacingd,
 )
+from monai.transforms import Spacingd as MonaiSpacingd
 from monai.utils import TraceKeys
 
 from scripts.conventions import (
@@ -63,6 +63,7 @@ from scripts.conventions import (
     resize_index_map,
 )
 from scripts.data.datalist import IMAGE_KEY, REPORT_FILE_KEY, REPORT_KEY, DataError, Problem, case_id, check_item
+from scripts.data.dicom import DicomSeriesReader
 from scripts.data.validation import AFFINE_ATOL, header_problems, read_headers, voxel_problems
 
 CHANNEL_MASK_KEY = "channel_mask"
@@ -151,6 +152,25 @@ class CheckFilesd(MapTransform):
         headers, unreadable = read_headers(name, item, self.keys)
         _raise(problems + unreadable + header_problems(name, headers, self.affine_atol))
         return d
+
+
+class Spacingd(MonaiSpacingd):
+    """MONAI's ``Spacingd``, for items that hold other ``<key>_*`` entries than metadata dictionaries.
+
+    Since MONAI 1.6, ``Spacingd`` writes the resampled metadata into every entry whose name starts with ``<key>_``,
+    which fails on a string: MONAI Label puts ``image_path`` (the study's file) in every item it sends. Such entries
+    are set aside while resampling and put back unchanged; metadata dictionaries (``image_meta_dict``) are updated
+    as MONAI does.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {
+            k: v for k, v in data.items() if isinstance(k, str) and k.startswith(prefixes) and not isinstance(v, dict)
+        }
+        resampled = super().__call__({k: v for k, v in data.items() if k not in aside}, lazy=lazy)
+        resampled.update(aside)
+        return resampled
 
 
 class ValidateCased(MapTransform):
@@ -467,9 +487,10 @@ def _modes(keys: Sequence[str], image_mode: str) -> list[str]:
 
 
 def _loader(keys: Sequence[str]) -> LoadImaged:
+    # LoadImage tries the given readers last one first: NIfTI files go to nibabel, DICOM series folders to pydicom
     return LoadImaged(
         keys,
-        reader="NibabelReader",
+        reader=[DicomSeriesReader(), "NibabelReader"],
         image_only=True,
         ensure_channel_first=True,
         dtype=np.float32,

@@ -32,6 +32,7 @@ from scripts.data.datalist import (
     resolve_item,
     section_items,
 )
+from scripts.data.dicom import is_dicom_series, read_series
 from scripts.data.io import read_nifti
 
 # largest label of each mask (labels are the integers 0..max)
@@ -51,11 +52,17 @@ def spatial_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
 
 
 def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
-    """(header shape, affine) of a NIfTI file without reading its voxels.
+    """(header shape, affine) of a NIfTI file, or of a DICOM series folder, without reading its voxels.
 
     Raises:
-        ValueError: naming the file when it cannot be read as NIfTI.
+        ValueError: naming the file when it cannot be read as NIfTI (or the folder as one DICOM series).
     """
+    if Path(path).is_dir():
+        try:
+            _, affine, shape = read_series(path, pixels=False)
+        except Exception as err:  # pydicom raises many types for a damaged file
+            raise ValueError(f"cannot read as a DICOM series ({type(err).__name__}: {err})") from None
+        return shape, affine
     try:
         image = nib.load(str(path))
         return tuple(image.shape), np.asarray(image.affine, dtype=np.float64)
@@ -79,7 +86,7 @@ def read_headers(name: str, item: dict[str, Any], keys: Sequence[str]) -> tuple[
     problems: list[Problem] = []
     for key in keys:
         path = item.get(key)
-        if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+        if not isinstance(path, (str, os.PathLike)) or not (Path(path).is_file() or is_dicom_series(path)):
             continue
         try:
             headers[key] = (str(path), *read_header(path))

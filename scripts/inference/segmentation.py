@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.data import FolderLayout, MetaTensor, NibabelWriter
+from monai.inferers import Inferer
 from monai.transforms import Compose, Orientationd
 from monai.utils import convert_to_dst_type
 from torch import nn
@@ -42,6 +43,7 @@ from scripts.conventions import (
     combine_labels,
 )
 from scripts.data.datalist import IMAGE_KEY
+from scripts.data.dicom import is_dicom_series
 from scripts.data.io import (
     OutputExistsError,
     atomic_path,
@@ -54,7 +56,7 @@ from scripts.diffusion import ContinuousDDIMScheduler
 from scripts.inference.cascade import WEIGHTS_HINT, describe_cascade, load_cascade
 from scripts.inference.pipeline import MedSynPipeline
 from scripts.networks.unet import MedSynUNet
-from scripts.networks.weights import WeightsNotFoundError, load_state
+from scripts.networks.weights import WeightsNotFoundError, load_state, state_difference
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +152,21 @@ class JointSegmentationNetwork(nn.Module):
             lowres, sr = MedSynUNet(**described.lowres["network"]), MedSynUNet(**described.sr["network"])
         return cls(lowres, sr, described.grid.size, conventions=described.conventions, **settings)
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load both stages' weights, strictly whatever ``strict`` says.
+
+        MONAI Label's bundle task loads the weights file chosen in its model option with ``strict=False``, which
+        would leave a network of random stage weights that returns nonsense labels with only a log warning. Here a
+        state dict that does not fit both stages is an error naming what it is.
+
+        Raises:
+            WeightsMismatchError: missing or unexpected keys or other shapes; nothing is loaded.
+        """
+        difference = state_difference(self.state_dict(), state_dict)
+        if difference:
+            raise WeightsMismatchError(_mismatch_message(self, state_dict, difference))
+        return super().load_state_dict(state_dict, strict=True, assign=assign)
+
     def load_weights(self, path: str | os.PathLike) -> JointSegmentationNetwork:
         """Load ``models/model.pt`` (a plain state dict of both stages) strictly and return this network."""
         return load_state(
@@ -159,11 +176,24 @@ class JointSegmentationNetwork(nn.Module):
             f"write it again ({EXPORT_HINT})",
         )
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        image: torch.Tensor,
+        steps_lowres: int | None = None,
+        steps_sr: int | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
         """(B, 1, D, H, W) CT encoded to [-1, 1] on the model grid, network layout → (B, 8, D, H, W) one-hot labels.
 
-        The output has the input's type, dtype and device (and its metadata for a ``MetaTensor``).
+        ``steps_lowres``, ``steps_sr`` and ``seed`` replace the network's own settings for this call (None keeps
+        them): :class:`SegmentationInferer` passes a request's. The output has the input's type, dtype and device
+        (and its metadata for a ``MetaTensor``).
         """
+        steps_lowres = (
+            self.steps_lowres if steps_lowres is None else parse_number(steps_lowres, "steps_lowres", int, minimum=1)
+        )
+        steps_sr = self.steps_sr if steps_sr is None else parse_number(steps_sr, "steps_sr", int, minimum=1)
+        seed = self.seed if seed is None else parse_number(seed, "seed", int, minimum=0)
         if image.ndim != 5 or image.shape[1] != 1:
             raise ValueError(f"expected a (B, 1, D, H, W) CT batch, got shape {tuple(image.shape)}")
         if tuple(image.shape[2:]) != self.size:
@@ -175,8 +205,8 @@ class JointSegmentationNetwork(nn.Module):
             self.lowres,
             self.sr,
             lowres_size=[s // LOWRES_FACTOR for s in self.size],
-            lowres_steps=self.steps_lowres,
-            sr_steps=self.steps_sr,
+            lowres_steps=steps_lowres,
+            sr_steps=steps_sr,
             sr_roi_size=self.sr_tile,
             sr_overlap=self.sr_overlap,
             device=next(self.lowres.parameters()).device,
@@ -186,11 +216,63 @@ class JointSegmentationNetwork(nn.Module):
         ct = image.as_tensor() if isinstance(image, MetaTensor) else image  # the sampler needs no metadata
         scores = []
         for one in ct:
-            volume = pipeline(None, self.seed, {"ct": one[0]}).volume
+            volume = pipeline(None, seed, {"ct": one[0]}).volume
             lobe, airway, vessel = (self.conventions.decode(name, volume[i]) for name, i in self._MASKS)
             label = combine_labels(lobe, airway, vessel)
             scores.append(F.one_hot(label.long(), NUM_SEGMENTATION_LABELS).permute(3, 0, 1, 2))
         return convert_to_dst_type(torch.stack(scores), image, dtype=image.dtype)[0]
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script (MONAI's ckpt_export) calls this first: fail with the reason, not deep inside TorchScript
+        raise TypeError(
+            "the segmentation network cannot be exported to TorchScript: its forward is a diffusion sampler (a "
+            "Python loop over DDIM steps with seeded noise, tiling and progress bars), not one graph; export the two "
+            "denoisers it drives instead with configs/export.json (docs/export_and_packaging.md)"
+        )
+
+
+class WeightsMismatchError(ValueError):
+    """A state dict that does not fit the segmentation network (both stages): the message says what it holds."""
+
+
+def _mismatch_message(network: JointSegmentationNetwork, state: Mapping[str, Any], difference: str) -> str:
+    """Why ``state`` does not fit: it is one stage's weights alone (the files beside ``model.pt`` that MONAI Label's
+    model option also lists), or the keys and shapes that differ."""
+    stages = (
+        ("stage-1 (lowres)", network.lowres, DEFAULT_LOWRES_WEIGHTS),
+        ("stage-2 (sr)", network.sr, DEFAULT_SR_WEIGHTS),
+    )
+    for stage, module, example in stages:
+        if not state_difference(module.state_dict(), state):
+            return (
+                f"the weights given are {stage} weights alone (such as {example}), not the segmentation network's "
+                f"{DEFAULT_EXPORT}: choose model.pt (in MONAI Label, the model option)"
+            )
+    return f"the weights given do not fit the segmentation network: {difference}; {EXPORT_HINT}"
+
+
+class SegmentationInferer(Inferer):
+    """The segmentation entry's ``inferer``: runs the network with this request's sampling settings.
+
+    MONAI Label builds ``network_def`` once per server but the inferer for every request, after applying the options a
+    user set (the config's ``displayable_configs``): the steps and the seed must travel with the inferer to reach the
+    network. The whole model grid goes through at once (stage 2 tiles itself with ``sr_tile``).
+
+    Args:
+        steps_lowres: DDIM steps of stage 1 (MedSyn: 50).
+        steps_sr: DDIM steps of stage 2 (MedSyn: 20).
+        seed: seed of the sampling noise.
+    """
+
+    def __init__(self, steps_lowres: int | str = 50, steps_sr: int | str = 20, seed: int | str = 0) -> None:
+        super().__init__()
+        self.steps_lowres = parse_number(steps_lowres, "steps_lowres", int, minimum=1)
+        self.steps_sr = parse_number(steps_sr, "steps_sr", int, minimum=1)
+        self.seed = parse_number(seed, "seed", int, minimum=0)
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """(B, 1, D, H, W) preprocessed CT → (B, 8, D, H, W) one-hot label scores."""
+        return network(inputs, *args, steps_lowres=self.steps_lowres, steps_sr=self.steps_sr, seed=self.seed, **kwargs)
 
 
 def build_segmentation_preprocessing(
@@ -230,7 +312,7 @@ def segmentation_datalist(
     """The CTs of a ``segment`` run as ``[{"image": path}, ...]``, checked before any compute.
 
     Args:
-        image: one NIfTI CT (the config's ``image``).
+        image: one CT, a NIfTI file or a DICOM series folder (the config's ``image``).
         dataset_dir: a folder whose ``*.nii.gz`` / ``*.nii`` files (not its subfolders) are all CTs to segment.
         output_dir: where ``SaveImaged`` writes ``<name>_<postfix>.nii.gz``; with ``overwrite`` off, an existing
             output raises :class:`OutputExistsError` here, before any network runs. None skips the check.
@@ -239,8 +321,8 @@ def segmentation_datalist(
     """
     paths: list[Path] = []
     if image:
-        if not Path(image).is_file():
-            raise FileNotFoundError(f"--image {image}: no such file")
+        if not (Path(image).is_file() or is_dicom_series(image)):
+            raise FileNotFoundError(f"--image {image}: no such file or DICOM series folder")
         paths.append(Path(image))
     if dataset_dir:
         folder = Path(dataset_dir)

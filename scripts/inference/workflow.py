@@ -25,13 +25,14 @@ import torch
 
 from scripts.cli import exit_in_one_line, parse_bool, parse_number, parse_optional_numbers, parse_tile
 from scripts.conventions import LOWRES_FACTOR, SEGMENTATION_LABELS
-from scripts.data.io import OutputExistsError, check_output_folder, json_text, write_json, write_text
+from scripts.data.auto3dseg import DATALIST_FILE, absent_label_classes, write_data_source
+from scripts.data.io import OutputExistsError, check_output_folder, json_text, write_json
 from scripts.data.transforms import build_channel_preprocessing
 from scripts.diffusion import ContinuousDDIMScheduler
 from scripts.inference.cascade import load_cascade
 from scripts.inference.pipeline import MedSynPipeline
 from scripts.inference.prompts import Prompt, read_prompts
-from scripts.inference.writer import SampleWriter
+from scripts.inference.writer import OUTPUT_FORMATS, SampleWriter
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class InferenceRunner:
             ``atlas``).
         text_encoder_base: config and tokenizer of the official language model (default: the base the weights
             record, CXR-BERT, from the local Hugging Face cache).
+        output_format: ``nifti`` (default), ``dicom`` (the CT as a DICOM series and the lobe, airway and vessel maps
+            as a DICOM Segmentation, instead of the NIfTI volumes) or ``both``.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class InferenceRunner:
         progress: bool = True,
         size_mode: str | None = None,
         text_encoder_base: str | None = None,
+        output_format: str = "nifti",
     ) -> None:
         # nothing is loaded here: the command line reports loading problems in one line (see run)
         self.lowres_weights, self.sr_weights = lowres_weights, sr_weights or None
@@ -100,6 +104,9 @@ class InferenceRunner:
         self.progress = progress
         self.size_mode_override = size_mode or None
         self.text_encoder_base = text_encoder_base or None
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"--output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+        self.output_format = output_format
         self._pipeline: MedSynPipeline | None = None
 
     def _load(self) -> None:
@@ -132,7 +139,9 @@ class InferenceRunner:
             "steps_lowres": self.steps_lowres,
             "steps_sr": self.steps_sr if sr is not None else None,
         }
-        self._writer = SampleWriter(self.output_dir, self.conventions, overwrite=self.overwrite)
+        self._writer = SampleWriter(
+            self.output_dir, self.conventions, overwrite=self.overwrite, output_format=self.output_format
+        )
 
     def _ensure_loaded(self) -> None:
         if self._pipeline is None:
@@ -277,30 +286,40 @@ class InferenceRunner:
     def synthesize(self, num_folds: int = 5, **kwargs: Any) -> Path:
         """Generate samples and an Auto3DSeg dataset beside them: ``<id>_label.nii.gz`` (lobes 1-5, airway 6,
         vessel 7), ``datalist.json`` (``training`` items with ``image``, ``label``, ``fold``) and
-        ``data_src_cfg.yaml`` (modality, datalist, dataroot) for ``monai.apps.auto3dseg.AutoRunner``.
+        ``data_src_cfg.yaml`` (modality, datalist, dataroot) for ``monai.apps.auto3dseg.AutoRunner``, every path
+        relative to the folder (:mod:`scripts.data.auto3dseg`).
 
         A folder that holds a dataset already gains this run's cases: its ``datalist.json`` keeps the other cases
-        and their folds (a case made again keeps its fold, a new one gets the next fold in turn).
+        and their folds (a case made again keeps its fold, a new one gets the next fold in turn). A declared class
+        that no label map holds is listed in the datalist's ``absent_labels`` and logged as a warning: Auto3DSeg
+        would build a network without it.
         """
         num_folds = parse_number(num_folds, "num_folds", int, minimum=1)
+        if self.output_format == "dicom":
+            raise ValueError(
+                "synthesize writes an Auto3DSeg dataset of NIfTI label maps: pass --output_format nifti or both"
+            )
         root = Path(self.output_dir)
-        index = _read_dataset_index(root / "datalist.json")  # a foreign datalist.json is refused before sampling
+        index = _read_dataset_index(root / DATALIST_FILE)  # a foreign datalist.json is refused before sampling
         written = self.generate(label=True, **kwargs)
         items = {item["image"]: item for item in index}
         for paths in written:
             image = paths["ct"].name
             fold = items[image]["fold"] if image in items else len(items) % num_folds
             items[image] = {"image": image, "label": paths["label"].name, "fold": fold}
+        absent = absent_label_classes(root, items.values(), SEGMENTATION_LABELS)
         datalist = write_json(
-            root / "datalist.json",
-            {"name": DATASET_NAME, "synthetic": True, "labels": SEGMENTATION_LABELS, "training": list(items.values())},
+            root / DATALIST_FILE,
+            {
+                "name": DATASET_NAME,
+                "synthetic": True,
+                "labels": SEGMENTATION_LABELS,
+                "absent_labels": absent,
+                "training": list(items.values()),
+            },
             overwrite=True,  # the folder's index: the cases it listed are kept, this run's added
         )
-        write_text(
-            root / "data_src_cfg.yaml",
-            f"modality: CT\ndatalist: {datalist.resolve()}\ndataroot: {root.resolve()}\n",
-            overwrite=True,
-        )
+        write_data_source(root)
         logger.info(f"wrote Auto3DSeg datalist {datalist} ({len(items)} cases, {len(written)} from this run)")
         return datalist
 

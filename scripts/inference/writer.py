@@ -5,7 +5,9 @@ volume is in RAS whatever the weights (this bundle's or the official MedSyn ones
 
 ``<id>_ct.nii.gz`` (int16 HU), ``<id>_lobe.nii.gz`` (uint8 0-5), ``<id>_airway.nii.gz``, ``<id>_vessel.nii.gz``
 (uint8 0/1), ``<id>.json`` (how it was made, ``"synthetic": true``) and ``<id>.png``; with ``label``
-``<id>_label.nii.gz`` too (lobes, airway and vessel in one map, for a segmentation dataset).
+``<id>_label.nii.gz`` too (lobes, airway and vessel in one map, for a segmentation dataset). With the output format
+``dicom`` (or ``both``) the CT is (also) written as a DICOM series ``<id>_ct_dicom/`` and the lobe, airway and vessel
+maps as one DICOM Segmentation ``<id>_seg.dcm`` (:mod:`scripts.data.dicom`).
 
 Every file is written atomically and the sidecar last, so a sample is complete exactly when its sidecar and the
 files it lists exist. Writing a sample again first removes its sidecar, then its other old files: a process killed
@@ -19,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,14 @@ import torch
 
 import scripts
 from scripts.conventions import CHANNELS, MEDSYN_MONAI, ModelConventions, combine_labels
-from scripts.data.io import OutputExistsError, remove_stale_temporaries, write_json, write_nifti
+from scripts.data.io import (
+    TEMPORARY_MARK,
+    OutputExistsError,
+    atomic_path,
+    remove_stale_temporaries,
+    write_json,
+    write_nifti,
+)
 from scripts.visualization import save_montage
 
 logger = logging.getLogger(__name__)
@@ -36,6 +47,8 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_DESCRIPTION = "synthetic: MedSyn-MONAI generated, not a patient"
 _DTYPES = {"ct": "int16", "lobe": "uint8", "airway": "uint8", "vessel": "uint8", "label": "uint8"}
 OVERWRITE_HINT = "pass --overwrite true to replace it, or another --output_dir"
+OUTPUT_FORMATS = ("nifti", "dicom", "both")
+_DICOM_KEYS = ("ct_dicom", "seg_dicom")
 
 
 def decode_sample(volume: torch.Tensor, conventions: ModelConventions = MEDSYN_MONAI) -> dict[str, np.ndarray]:
@@ -63,6 +76,8 @@ class SampleWriter:
         conventions: the conventions of the weights whose samples are written (layout and mask decoding).
         overwrite: replace existing files of the same sample id.
         png: also write the montage.
+        output_format: ``nifti`` (default), ``dicom`` (a CT series and a Segmentation instead of the NIfTI volumes)
+            or ``both``.
     """
 
     def __init__(
@@ -71,16 +86,26 @@ class SampleWriter:
         conventions: ModelConventions = MEDSYN_MONAI,
         overwrite: bool = False,
         png: bool = True,
+        output_format: str = "nifti",
     ) -> None:
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"--output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
         self.output_dir = Path(output_dir)
         self.conventions = conventions
         self.overwrite = overwrite
         self.png = png
+        self.output_format = output_format
 
-    def paths(self, sample_id: str, label: bool = False) -> dict[str, Path]:
-        """The files of ``sample_id`` by key (``ct``, ``lobe``, ``airway``, ``vessel``[, ``label``], ``json``[,
-        ``png``]); the sidecar ``json`` is the last written."""
-        names = {name: f"{sample_id}_{name}.nii.gz" for name in (*CHANNELS, "label")[: len(CHANNELS) + label]}
+    def paths(self, sample_id: str, label: bool = False, output_format: str | None = None) -> dict[str, Path]:
+        """The files of ``sample_id`` by key (``ct``, ``lobe``, ``airway``, ``vessel``[, ``label``] as NIfTI;
+        ``ct_dicom`` (a folder) and ``seg_dicom`` as DICOM; ``json``[, ``png``]) in the writer's output format, or
+        in ``output_format`` ("both": every file a sample can have); the sidecar ``json`` is the last written."""
+        output_format = output_format or self.output_format
+        names = {}
+        if output_format != "dicom":
+            names = {name: f"{sample_id}_{name}.nii.gz" for name in (*CHANNELS, "label")[: len(CHANNELS) + label]}
+        if output_format != "nifti":
+            names.update(ct_dicom=f"{sample_id}_ct_dicom", seg_dicom=f"{sample_id}_seg.dcm")
         if self.png:
             names["png"] = f"{sample_id}.png"
         names["json"] = f"{sample_id}.json"
@@ -153,6 +178,8 @@ class SampleWriter:
             if name in arrays:
                 write_nifti(paths[name], arrays[name], affine, _DTYPES[name], True, SYNTHETIC_DESCRIPTION)
                 logger.info(f"wrote {paths[name]}")
+        if "ct_dicom" in paths:
+            self._write_dicom(sample_id, paths, arrays, affine, metadata)
         spacing = [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
         if self.png:
             title = str(metadata.get("prompt") or "no report")
@@ -176,12 +203,42 @@ class SampleWriter:
         logger.info(f"wrote {paths['json']}")
         return paths
 
+    def _write_dicom(
+        self,
+        sample_id: str,
+        paths: dict[str, Path],
+        arrays: dict[str, np.ndarray],
+        affine: np.ndarray,
+        metadata: dict[str, Any],
+    ) -> None:
+        """The CT as a DICOM series (written into a temporary folder, then renamed) and the lobe, airway and vessel
+        maps as one Segmentation of it, both marked synthetic."""
+        from scripts.data.dicom import write_ct_series, write_segmentation
+
+        description = f"{sample_id} ({metadata.get('prompt_id') or 'no report'})"
+        folder = paths["ct_dicom"]
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=TEMPORARY_MARK, dir=self.output_dir))
+        try:
+            series = write_ct_series(staging, arrays["ct"], affine, f"SYNTHETIC-{sample_id}"[:64], description)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        logger.info(f"wrote {folder}/ ({len(series)} slices)")
+        masks = {value: arrays["lobe"] == value for value in range(1, 6)}
+        masks.update({6: arrays["airway"] > 0, 7: arrays["vessel"] > 0})
+        with atomic_path(paths["seg_dicom"], overwrite=True) as tmp:
+            write_segmentation(tmp, masks, affine, series, description, scripts.__version__)
+        logger.info(f"wrote {paths['seg_dicom']}")
+
     def _clear(self, sample_id: str) -> None:
-        """Remove the old files of ``sample_id``, the sidecar first (the sample is incomplete from then on), and the
-        temporaries an interrupted write of them left."""
-        paths = self.paths(sample_id, label=True)
+        """Remove the old files of ``sample_id`` (in any output format), the sidecar first (the sample is incomplete
+        from then on), and the temporaries an interrupted write of them left."""
+        paths = self.paths(sample_id, label=True, output_format="both")
         for key in ("json", *[k for k in paths if k != "json"]):
-            if paths[key].exists():
+            if paths[key].is_dir():
+                shutil.rmtree(paths[key])
+                logger.info(f"removed the old {paths[key].name}/")
+            elif paths[key].exists():
                 paths[key].unlink()
                 logger.info(f"removed the old {paths[key].name}")
         for path in paths.values():
