@@ -92,6 +92,7 @@ def cases(ws: Path) -> list[Case]:
         inference("nan-guidance", "--guidance_scale", "nan", expect="finite number", ci=True),
         inference("inf-guidance", "--guidance_scale", "inf", expect="finite number"),
         inference("text-guidance", "--guidance_scale", "abc", expect="--guidance_scale"),
+        inference("bad-output-format", "--output_format", "dcm", expect="--output_format must be one of", ci=True),
         inference("overwrite-maybe", "--overwrite", "maybe", expect="--overwrite must be true or false", ci=True),
         inference("text-steps", "--steps_lowres", "abc", expect="--steps_lowres"),
         inference("zero-steps", "--steps_lowres", "0", expect="--steps_lowres"),

@@ -138,3 +138,31 @@ def test_dilated_network_keeps_medicalnet_resolution(net3d):
         x = torch.randn(1, 1, 32, 32, 32)
         stem = net3d.maxpool(net3d.act(net3d.bn1(net3d.conv1(x))))
         assert net3d.layer4(net3d.layer3(net3d.layer2(net3d.layer1(stem)))).shape[2:] == (4, 4, 4)
+
+
+def test_2d_network_is_radimagenet_resnet50_in_its_pytorch_port_layout(tmp_path, net2d):
+    """RadImageNet-ResNet50_notop.pth (Warvito/radimagenet-models): 371 tensors, biased convolutions, the stride in
+    each stage's first 1 x 1 convolution, a projection shortcut in layer 1; features are layer 4 averaged."""
+    state = net2d.state_dict()
+    assert len(state) == 371
+    shapes = {
+        "conv1.weight": (64, 3, 7, 7),
+        "conv1.bias": (64,),
+        "layer1.0.downsample.0.weight": (256, 64, 1, 1),
+        "layer1.0.downsample.0.bias": (256,),
+        "layer2.0.conv1.weight": (128, 256, 1, 1),
+        "layer3.5.conv3.bias": (1024,),
+        "layer4.2.bn3.running_var": (2048,),
+    }
+    assert {k: tuple(state[k].shape) for k in shapes} == shapes
+    assert net2d.layer2[0].conv1.stride == (2, 2) and net2d.layer2[0].conv2.stride == (1, 1)
+    assert net2d.bn1.eps == pytest.approx(1.001e-5)
+    assert not any(k.startswith(("fc.", "avgpool")) for k in state)
+    torch.save(state, tmp_path / "RadImageNet-ResNet50_notop.pth")
+    loaded = features.resnet50_2d(weights=tmp_path / "RadImageNet-ResNet50_notop.pth")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net2d(x))
+        layer4 = net2d.layer4(net2d.layer3(net2d.layer2(net2d.layer1(net2d.maxpool(net2d.bn1(net2d.conv1(x)).relu())))))
+    assert loaded(x).shape == (2, 2048)
+    torch.testing.assert_close(net2d(x), layer4.mean(dim=(2, 3)))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m scripts.evaluation {run,measure,agreement,text_use} ...`` (``--help`` on each).
+"""Command line: ``python -m scripts.evaluation {run,measure,agreement,text_use,submission} ...`` (``--help`` on each).
 
 ``run`` is what ``python -m monai.bundle run evaluate --config_file configs/evaluate.json`` calls.
 """
@@ -41,6 +41,8 @@ def _run(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
         backend_options=_backend_options(args),
+        ctclip_weights=args.ct_clip_weights,
+        ctclip_text_config=args.cxr_bert_config,
     )
     print(f"wrote {out['paths']['markdown']} and {out['paths']['json']}")
 
@@ -89,6 +91,15 @@ def _text_use(args: argparse.Namespace) -> None:
         write_json(args.json, {"weights": args.weights, "results": results}, overwrite=args.overwrite)
 
 
+def _submission(args: argparse.Namespace) -> None:
+    from scripts.evaluation.submission import write_submission
+
+    written = write_submission(
+        args.prompts, args.samples, args.out, args.seed, args.spacing, args.template, args.zip, args.overwrite
+    )
+    print(f"wrote {len(written)} volumes into {args.out}" + (f" and {args.zip}" if args.zip else ""))
+
+
 TOTALSEG_PYTHON_HELP = (
     "python of a separate TotalSegmentator environment (backend totalsegmentator; default $MEDSYN_TOTALSEG_PYTHON, "
     "else TotalSegmentator in this environment)"
@@ -110,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--max_volumes", type=int)
     run.add_argument("--medicalnet_resnet50_weights")
     run.add_argument("--resnet50_2d_weights")
+    run.add_argument("--ct_clip_weights", help="CT-CLIP checkpoint (ctclip part; default: large_files.yml ct_clip)")
+    run.add_argument("--cxr_bert_config", help="CXR-BERT config.json beside its vocab.txt (ctclip part)")
     run.add_argument("--large_files")
     run.add_argument("--feature_size", type=int)
     run.add_argument("--slice_step", type=int, default=4)
@@ -156,6 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     use.add_argument("--json", help="also write the results here")
     use.add_argument("--overwrite", action="store_true")
     use.set_defaults(func=_text_use)
+
+    submit = sub.add_parser("submission", help="generated volumes in the VLM3D challenge's layout (one per prompt)")
+    submit.add_argument("--prompts", required=True, help="the challenge's prompts.json")
+    submit.add_argument("--samples", required=True, help="the inference output folder of those prompts")
+    submit.add_argument("--out", required=True, help="the submission folder")
+    submit.add_argument("--seed", type=int, default=0, help="which sample of each prompt (inference --seed)")
+    submit.add_argument("--spacing", type=float, nargs=3, help="target voxel size in mm (default 1 1 1)")
+    submit.add_argument("--template", help="take the spacing of this volume (the challenge's template)")
+    submit.add_argument("--zip", help="also write OUT/<name> holding the volumes, e.g. predictions.zip")
+    submit.add_argument("--overwrite", action="store_true")
+    submit.set_defaults(func=_submission)
 
     args = parser.parse_args(argv)
     try:

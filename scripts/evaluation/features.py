@@ -1,16 +1,19 @@
 """Feature networks for distribution distances: MedicalNet 3D ResNet-50 and the 2D ResNet-50 of the 2.5D FID.
 
-Both are ``monai.networks.nets.resnet50`` without the classification layer, so a volume (or slice) becomes one
-global-average-pooled 2048-d vector. Weights never download: they come from a file given by path or from an entry
-of ``large_files.yml``; a missing file raises :class:`MissingWeightsError` with one line saying where to put it.
-Random weights are only built when asked for explicitly (``random_weights=True``, used by the tests).
+Each maps a volume (or a slice) to one global-average-pooled 2048-d vector. Weights never download: they come from
+a file given by path or from an entry of ``large_files.yml``; a missing file raises :class:`MissingWeightsError` with
+one line saying where to put it. Random weights are only built when asked for explicitly (``random_weights=True``,
+used by the tests).
 
 - 3D: MedicalNet ResNet-50 (Med3D, 23 data sets). MedicalNet's forward uses a stride-2 stem and, in layers 3 and 4,
   stride 1 with dilation 2 and 4; ``dilated=True`` (default) sets MONAI's network up the same way so that the
   official weights compute the official function. ``dilated=False`` keeps MONAI's strided layers (same weights).
-- 2D: a torchvision-layout ResNet-50 state dict (``conv1``, ``bn1``, ``layer1..4``, ``fc``), e.g. RadImageNet or
-  ImageNet weights saved with ``torch.save(model.state_dict())`` on a machine that has torchvision; torchvision
-  itself is not installable beside this torch, so the network is MONAI's and only the weights file is needed.
+  ``monai.networks.nets.resnet50`` without the classification layer.
+- 2D: RadImageNet's ResNet-50 (Mei et al. 2022), the network of MAISI's 2.5D FID and the VLM3D challenge's, in
+  the layout of its PyTorch port (Warvito/radimagenet-models, ``RadImageNet-ResNet50_notop.pth``, loaded by
+  ``torch.hub`` in MAISI's ``compute_fid_2-5d_ct.py``): Keras's ResNet-50, whose convolutions all have a bias,
+  whose batch norms use eps 1.001e-5 and whose bottlenecks stride in their first 1 x 1 convolution
+  (:class:`RadImageNetResNet50`). Features are layer 4 averaged over the slice.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from monai.networks.nets import ResNet, resnet50
+from torch import nn
 from tqdm import tqdm
 
 from scripts.conventions import HU_MAX, HU_MIN
@@ -36,12 +40,15 @@ LARGE_FILES = ROOT / "large_files.yml"
 WEIGHT_ENTRIES = {
     "medicalnet_resnet50": "models/medicalnet/resnet_50_23dataset.pth",
     "resnet50_2d": "models/resnet50_2d/resnet50_2d.pth",
+    "ct_clip": "models/ct_clip/CT-CLIP_v2.pt",  # scripts.evaluation.ctclip
+    "cxr_bert_specialized": "models/cxr-bert/config.json",  # its text encoder's configuration and vocabulary
 }
 # keys present in the weight files that the feature networks do not use (segmentation / classification heads)
 IGNORED_PREFIXES = ("conv_seg.", "fc.")
 PLANES = ("xy", "yz", "zx")
 # ImageNet channel means in the BGR order RadImageNet/MAISI feed their 2D ResNet-50
 BGR_MEAN = (0.406, 0.456, 0.485)
+KERAS_BN_EPS = 1.001e-5
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -133,9 +140,60 @@ def _dilate_like_medicalnet(model: ResNet) -> None:
                 block.downsample[0].stride = (1,) * 3
 
 
+class _KerasBottleneck(nn.Module):
+    """Keras's ResNet-50 bottleneck: 1 x 1 (strided) → 3 x 3 → 1 x 1 convolutions with biases, projection shortcut
+    in the first block of a stage."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, stride=stride)
+        self.bn1 = nn.BatchNorm2d(width, eps=KERAS_BN_EPS)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(width, eps=KERAS_BN_EPS)
+        self.conv3 = nn.Conv2d(width, out, 1)
+        self.bn3 = nn.BatchNorm2d(out, eps=KERAS_BN_EPS)
+        self.downsample = None
+        if stride != 1 or in_channels != out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out, 1, stride=stride), nn.BatchNorm2d(out, eps=KERAS_BN_EPS)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class RadImageNetResNet50(nn.Module):
+    """RadImageNet's ResNet-50 (Keras layout, no classifier): (N, 3, H, W) BGR slices → (N, 2048) features, layer 4
+    averaged over the slice. Its state dict has the 371 keys of ``RadImageNet-ResNet50_notop.pth``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)
+        self.bn1 = nn.BatchNorm2d(64, eps=KERAS_BN_EPS)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        channels = 64
+        for index, (width, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), start=1):
+            layer = []
+            for block in range(blocks):
+                layer.append(_KerasBottleneck(channels, width, stride if block == 0 else 1))
+                channels = width * _KerasBottleneck.expansion
+            setattr(self, f"layer{index}", nn.Sequential(*layer))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x.mean(dim=(2, 3))
+
+
 def _pooled_resnet50(spatial_dims: int, in_channels: int) -> ResNet:
-    """MONAI's ResNet-50 in the layout both feature networks' weights use (stride-2 stem, type-B shortcuts, no
-    downsample bias), ending at the global average pool (2048-d features, no classifier)."""
+    """MONAI's ResNet-50 in MedicalNet's layout (stride-2 stem, type-B shortcuts, no downsample bias), ending at the
+    global average pool (2048-d features, no classifier)."""
     return resnet50(
         spatial_dims=spatial_dims,
         n_input_channels=in_channels,
@@ -171,16 +229,17 @@ def medicalnet_resnet50(
 
 def resnet50_2d(
     weights: str | Path | None = None, large_files: str | Path | None = None, random_weights: bool = False
-) -> ResNet:
-    """The 2D ResNet-50 of the 2.5D FID (3 input channels, 2048-d pooled output), in eval mode.
+) -> RadImageNetResNet50:
+    """The 2D ResNet-50 of the 2.5D FID (RadImageNet's; 3 input channels, 2048-d pooled output), in eval mode.
 
     Args:
-        weights: torchvision-layout ResNet-50 state dict; when None it is looked up with :func:`resolve_weights`.
+        weights: ``RadImageNet-ResNet50_notop.pth`` (the PyTorch port's state dict); when None it is looked up with
+            :func:`resolve_weights`.
         large_files: ``large_files.yml`` to look the weights up in.
         random_weights: build with random weights and read no file (tests only).
     """
     path = None if random_weights else resolve_weights("resnet50_2d", weights, large_files)  # fail fast
-    model = _pooled_resnet50(spatial_dims=2, in_channels=3)
+    model = RadImageNetResNet50()
     if path is not None:
         load_state_dict(model, path)
     return model.eval()

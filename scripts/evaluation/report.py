@@ -64,6 +64,20 @@ def _distances_md(result: dict) -> str:
     return "\n".join(lines) + "\n" + notes + ("\n" if notes else "")
 
 
+def _ctclip_md(result: dict) -> str:
+    def value(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
+    return (
+        "| score | value | volumes |\n|---|---|---|\n"
+        f"| CT-CLIP image-text (CLIPScore) | {value(result['clip_score_i2t'])} | {result['n_i2t']} |\n"
+        f"| CT-CLIP image-image (CLIPScore_I2I) | {value(result['clip_score_i2i'])} | {result['n_i2i']} |\n"
+        f"| mean (CLIPScore_mean) | {value(result['clip_score_mean'])} | |\n\n"
+        f"Each score is max(100 x cosine, 0) of CT-CLIP latents, averaged over the {result['n_volumes']} generated "
+        "volumes; image-image pairs a volume with the real case its prompt was taken from.\n"
+    )
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "measures": ("Anatomy measures (paper Table 1)", _measures_md),
     "distances": ("Distribution distances (paper §IV-B; MAISI 2.5D FID)", _distances_md),
@@ -71,6 +85,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "segmentation": ("Segmentation by the joint model (paper Table 5)", segmentation_markdown),
     "memorisation": ("Memorisation audit", lambda r: audit_markdown(r)),
     "agreement": ("Classical measures against the phantom's truth", agreement_markdown),
+    "ctclip": ("CT-CLIP score (VLM3D text-to-CT challenge)", _ctclip_md),
 }
 
 

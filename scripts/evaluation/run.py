@@ -3,7 +3,8 @@
 Parts (``PARTS``): ``measures`` (anatomy measures of every synthetic and real volume), ``fid`` (3D MedicalNet FID
 and MMD), ``fid_2p5d`` (MAISI's 2.5D FID), ``memorisation`` (audit against the training split), ``adherence``
 (prompt-pair study on a folder of generated volumes with prompt sidecars), ``segmentation`` (Dice of predicted masks
-against the datalist's masks), ``agreement`` (classical measures against the phantom's truth).
+against the datalist's masks), ``agreement`` (classical measures against the phantom's truth), ``ctclip`` (the
+CT-CLIP score of the VLM3D text-to-CT challenge: generated volumes against their reports and their real cases).
 Volumes are streamed: each is read once and every part that needs it takes what it needs.
 """
 
@@ -23,6 +24,7 @@ from scripts.evaluation import (
     adherence,
     agreement,
     anatomy_measures,
+    ctclip,
     data,
     distances,
     features,
@@ -31,7 +33,7 @@ from scripts.evaluation import (
 )
 from scripts.evaluation.report import measures_summary, write_report
 
-PARTS = ("measures", "fid", "fid_2p5d", "memorisation", "adherence", "segmentation", "agreement")
+PARTS = ("measures", "fid", "fid_2p5d", "memorisation", "adherence", "segmentation", "agreement", "ctclip")
 DEFAULT_PARTS = ("measures", "fid", "fid_2p5d", "memorisation")
 
 
@@ -88,6 +90,10 @@ def _check_inputs(
     """Find the volumes the parts read, and check the first of each set is a CT, before any network is loaded: an
     empty folder, a missing datalist or split, or label maps posing as CTs fail in one line at once."""
     streamed = [p for p in parts if p in ("measures", "fid", "fid_2p5d", "memorisation")]
+    if "ctclip" in parts:
+        data.read_ct(data.synthetic_paths(synthetic_dir, synthetic_glob, max_volumes)[0])
+        if real_datalist is not None:
+            data.datalist_items(real_datalist, real_split, max_volumes)
     if not streamed:
         return
     data.read_ct(data.synthetic_paths(synthetic_dir, synthetic_glob, max_volumes)[0])
@@ -161,6 +167,8 @@ def run_evaluation(
     overwrite: bool = False,
     progress: bool = True,
     backend_options: dict | None = None,
+    ctclip_weights: str | Path | None = None,
+    ctclip_text_config: str | Path | None = None,
 ) -> dict:
     """Run the selected parts and write ``report.md``, ``report.json`` and figures into ``output_dir``.
 
@@ -183,6 +191,8 @@ def run_evaluation(
         progress: progress bars.
         backend_options: the measure backend's options, e.g. ``{"totalseg_python": "ENV/bin/python"}`` to run
             TotalSegmentator in its own environment (see :mod:`scripts.anatomy.totalseg_backend`).
+        ctclip_weights, ctclip_text_config: the CT-CLIP checkpoint and CXR-BERT's config.json (with its vocab.txt)
+            for ``ctclip``; default the ``ct_clip`` and ``cxr_bert_specialized`` entries of ``large_files``.
     """
     parts = list(dict.fromkeys(parts))
     unknown = [p for p in parts if p not in PARTS]
@@ -195,6 +205,12 @@ def run_evaluation(
         _require(synthetic_dir, "synthetic_dir", part)
     for part in streamed + [p for p in parts if p == "segmentation"]:
         _require(real_datalist, "real_datalist", part)
+    if "ctclip" in parts:
+        _require(synthetic_dir, "synthetic_dir", "ctclip")
+        if random_weights:
+            raise ValueError("the ctclip part needs the CT-CLIP checkpoint; random weights are not offered for it")
+        features.resolve_weights("ct_clip", ctclip_weights, large_files)
+        features.resolve_weights("cxr_bert_specialized", ctclip_text_config, large_files)
     if "adherence" in parts:
         _require(adherence_dir, "adherence_dir", "adherence")
     if "segmentation" in parts:
@@ -309,6 +325,20 @@ def run_evaluation(
             cases, segmentation.folder_predictor(segmentation_dir), conditions, progress
         )
 
+    if "ctclip" in parts:
+        model = ctclip.load_ctclip(ctclip_weights, ctclip_text_config, large_files, device)
+        real_items = data.datalist_items(real_datalist, real_split, max_volumes) if real_datalist else []
+        results["ctclip"] = ctclip.score_folder(
+            model,
+            ctclip.load_tokenizer(ctclip_text_config, large_files),
+            synthetic_dir,
+            synthetic_glob,
+            real_items,
+            max_volumes,
+            progress,
+        )
+        del model
+
     if "agreement" in parts:
         results["agreement"] = agreement.phantom_agreement(
             agreement_num, agreement_size, backend=backend, progress=progress
@@ -316,9 +346,9 @@ def run_evaluation(
 
     # the header names only the inputs the selected parts read (config defaults of unused inputs would mislead)
     header = {"parts": ", ".join(parts)}
-    if streamed:
+    if streamed or "ctclip" in parts:
         header["synthetic"] = f"{synthetic_dir} ({synthetic_glob})"
-    if streamed or "segmentation" in parts:
+    if streamed or "segmentation" in parts or ("ctclip" in parts and real_datalist):
         header["real"] = f"{real_datalist} ({real_split}; training split {training_split})"
     if measure_backend is not None:
         header["measure backend"] = measure_backend.name

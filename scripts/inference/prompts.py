@@ -5,7 +5,8 @@ File forms:
 - a folder: every ``*.txt`` file in it is one report, named after the file;
 - ``.csv``: one report per row, text in ``report`` or ``prompt``, or CT-RATE's ``Findings_EN`` + ``Impressions_EN``;
   an optional ``id`` (or ``VolumeName``) column names the rows;
-- ``.json``: a list of strings, or of objects with ``prompt`` or ``report`` and optional ``id``; or a prompt-pairs
+- ``.json``: a list of strings, or of objects with ``prompt`` or ``report`` and optional ``id`` (or, as in the VLM3D
+  challenge's ``prompts.json``, ``input_image_name``: the id is that name without its extension); or a prompt-pairs
   file of the adherence study (``{"pairs": [{"name", "finding", "negation", ...}]}``, see
   ``scripts.evaluation.adherence``), giving each pair's two reports as ``<name>_finding`` and ``<name>_negation``.
 """
@@ -123,11 +124,19 @@ def _from_json(path: Path) -> list[Prompt]:
         if isinstance(entry, str):
             text, name = entry, ""
         elif isinstance(entry, dict):
-            text, name = entry.get("prompt", entry.get("report")), str(entry.get("id", ""))
+            text, name = entry.get("prompt", entry.get("report")), str(entry.get("id", "") or image_stem(entry))
         else:
             raise ValueError(f"{where}: expected a string or an object with 'prompt'")
         prompts.append(Prompt(_safe_id(name, f"item{i:04d}"), _checked(text, where)))
     return prompts
+
+
+def image_stem(entry: dict) -> str:
+    """The file name a VLM3D prompt's volume is submitted under, without extension (``input_image_name``)."""
+    name = Path(str(entry.get("input_image_name") or "")).name
+    for suffix in (".nii.gz", ".nii", ".mha"):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def _pair_prompts(path: Path, pairs: object) -> list[dict[str, str]]:
