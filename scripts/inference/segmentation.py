@@ -150,7 +150,9 @@ class JointSegmentationNetwork(nn.Module):
         else:
             described = describe_cascade(lowres_weights, sr_weights, require_sr=True)
             lowres, sr = MedSynUNet(**described.lowres["network"]), MedSynUNet(**described.sr["network"])
-        return cls(lowres, sr, described.grid.size, conventions=described.conventions, **settings)
+        network = cls(lowres, sr, described.grid.size, conventions=described.conventions, **settings)
+        network.weights_folder = Path(lowres_weights).parent  # where a mismatched weights file is looked for by name
+        return network
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load both stages' weights, strictly whatever ``strict`` says.
@@ -236,19 +238,33 @@ class WeightsMismatchError(ValueError):
 
 
 def _mismatch_message(network: JointSegmentationNetwork, state: Mapping[str, Any], difference: str) -> str:
-    """Why ``state`` does not fit: it is one stage's weights alone (the files beside ``model.pt`` that MONAI Label's
-    model option also lists), or the keys and shapes that differ."""
-    stages = (
-        ("stage-1 (lowres)", network.lowres, DEFAULT_LOWRES_WEIGHTS),
-        ("stage-2 (sr)", network.sr, DEFAULT_SR_WEIGHTS),
-    )
-    for stage, module, example in stages:
+    """Why ``state`` does not fit, naming the file it came from when that is one of the ``*.pt`` files beside the
+    weights (those MONAI Label's model option lists): one stage's weights alone, or keys and shapes that differ."""
+    source = _file_holding(getattr(network, "weights_folder", None), state)
+    given = f"the weights given ({source})" if source else "the weights given"
+    stages = (("stage-1 (lowres)", network.lowres), ("stage-2 (sr)", network.sr))
+    for stage, module in stages:
         if not state_difference(module.state_dict(), state):
             return (
-                f"the weights given are {stage} weights alone (such as {example}), not the segmentation network's "
-                f"{DEFAULT_EXPORT}: choose model.pt (in MONAI Label, the model option)"
+                f"{given} are {stage} weights alone, not the segmentation network's {Path(DEFAULT_EXPORT).name}: "
+                "choose model.pt (in MONAI Label, the model option)"
             )
-    return f"the weights given do not fit the segmentation network: {difference}; {EXPORT_HINT}"
+    return f"{given} do not fit the segmentation network: {difference}; {EXPORT_HINT}"
+
+
+def _file_holding(folder: Path | None, state: Mapping[str, Any]) -> Path | None:
+    """The ``*.pt`` file of ``folder`` whose tensors are those of ``state`` (read only on this error path)."""
+    if folder is None or not folder.is_dir() or not state:
+        return None
+    first = next(iter(state))
+    for path in sorted(folder.glob("*.pt")):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - any unreadable file is simply not the one
+            continue
+        if isinstance(saved, Mapping) and saved.keys() == state.keys() and torch.equal(saved[first], state[first]):
+            return path
+    return None
 
 
 class SegmentationInferer(Inferer):
