@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             for name in args.networks or NETWORKS:
                 if args.quick and device == "cpu" and name == "monai_attn_all" and size > 32:
-                    # SPEC §12: tens of seconds per step at 32³ already; 64³ is minutes on two cores
+                    # tens of seconds per step at 32³ already; 64³ is minutes on two cores
                     results.append(
                         {
                             "network": name,

@@ -1,4 +1,4 @@
-"""The shared data conventions (SPEC.md §3): exact values at the window edges and lossless round trips."""
+"""The shared data conventions (docs/README.md, data conventions): exact values at the window edges and lossless round trips."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""DDIM sampling through composed denoisers (SPEC.md §4): oracle exactness, classifier-free guidance, fixed channels
+"""DDIM sampling through composed denoisers (docs/training.md): oracle exactness, classifier-free guidance, fixed channels
 (segmentation / anatomy control), super-resolution conditioning, seeding, the progress bar and argument errors.
 
 A small fake network stands in for scripts/networks: it honours the contract

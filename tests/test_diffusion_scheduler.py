@@ -1,4 +1,4 @@
-"""The continuous cosine schedule and the DDIM scheduler (SPEC.md §4): exact values, round trips, the time grid,
+"""The continuous cosine schedule and the DDIM scheduler (docs/training.md): exact values, round trips, the time grid,
 agreement with MONAI's own DDIM step for x0-predicting networks, and one-line argument errors."""
 
 import math

@@ -1,4 +1,4 @@
-"""Training-side pieces (SPEC.md §4, §6): the super-resolution condition and the prepare-batch classes, alone and
+"""Training-side pieces (docs/training.md): the super-resolution condition and the prepare-batch classes, alone and
 driving MONAI's SupervisedTrainer with a tiny network that honours the network contract."""
 
 import pytest

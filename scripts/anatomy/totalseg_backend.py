@@ -2,7 +2,7 @@
 optionally its ``total`` task for the five lobes.
 
 Optional dependency, best kept in its own environment (it replaces torch with a CUDA build unless pinned and
-installs a torchvision that breaks ``transformers`` beside CPU torch; SPEC.md §13)::
+installs a torchvision that breaks ``transformers`` beside CPU torch)::
 
     python -m venv ~/totalseg-env
     ~/totalseg-env/bin/pip install TotalSegmentator==2.18.0 torch==2.13.0

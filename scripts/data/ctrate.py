@@ -1,6 +1,6 @@
 """CT-RATE → datalist: one item per reconstruction, split by patient, with what is needed to reach HU.
 
-CT-RATE (SPEC.md §3) stores volumes as ``train_<patient>_<scan>_<recon>.nii.gz`` (and ``valid_...``), possibly
+CT-RATE (docs/README.md, data conventions) stores volumes as ``train_<patient>_<scan>_<recon>.nii.gz`` (and ``valid_...``), possibly
 nested (``train/train_1/train_1_a/train_1_a_1.nii.gz``); a reports CSV (``VolumeName``, ``Findings_EN``,
 ``Impressions_EN``) and a metadata CSV (``VolumeName``, ``RescaleSlope``, ``RescaleIntercept``, ``XYSpacing`` such
 as "[0.7, 0.7]", ``ZSpacing``). Stored values are not HU and some headers carry a wrong spacing, so each item

@@ -1,4 +1,4 @@
-"""MONAI dictionary transforms that turn a datalist item into the networks' 4-channel tensors (SPEC.md §3).
+"""MONAI dictionary transforms that turn a datalist item into the networks' 4-channel tensors (docs/README.md, data conventions).
 
 :func:`build_preprocessing` chains, for an item ``{"image", "lobe", "airway", "vessel", "report" | "report_file"}``
 (paths already resolved by :func:`scripts.data.datalist.load_datalist`):
@@ -362,7 +362,7 @@ class AtlasResized(MapTransform, InvertibleTransform):
 
 
 class Downsampled(MapTransform):
-    """Nearest-neighbour downsampling by striding: ``x[:, ::f, ::f, ::f]`` (SPEC.md §3, 256³ → 64³).
+    """Nearest-neighbour downsampling by striding: ``x[:, ::f, ::f, ::f]`` (256³ → 64³).
 
     The kept voxels are 0, f, 2f, ... so the first voxel's centre does not move and the affine's spacing is
     multiplied by f.

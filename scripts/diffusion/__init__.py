@@ -1,4 +1,4 @@
-"""Network-agnostic diffusion core of MedSyn (SPEC.md §4, §6).
+"""Network-agnostic diffusion core of MedSyn (docs/training.md).
 
 - :mod:`.schedule`: continuous-time ``alpha_bar(t)`` schedules (cosine), a registry of them.
 - :mod:`.scheduler`: :class:`ContinuousDDIMScheduler`, the noise-process maths (``add_noise``, ``set_timesteps``,

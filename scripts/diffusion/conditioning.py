@@ -1,4 +1,4 @@
-"""The super-resolution condition (SPEC.md §3, §6): nearest-neighbour resampling by ``LOWRES_FACTOR`` and the
+"""The super-resolution condition (docs/training.md): nearest-neighbour resampling by ``LOWRES_FACTOR`` and the
 training-time degradation of a high-resolution crop.
 
 At inference the condition is ``upsample_nearest(lowres_output)``; in training it is made on the fly from the

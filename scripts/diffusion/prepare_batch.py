@@ -1,4 +1,4 @@
-"""Prepare-batch callables for MONAI's ``SupervisedTrainer`` (SPEC.md §4, §6).
+"""Prepare-batch callables for MONAI's ``SupervisedTrainer`` (docs/training.md).
 
 ``SupervisedTrainer`` calls ``prepare_batch(batchdata, device, non_blocking, **to_kwargs)``, unpacks
 ``(inputs, targets, args, kwargs)``, runs ``inferer(inputs, network, *args, **kwargs)`` (the default

@@ -1,4 +1,4 @@
-"""The DDIM sampling loop (SPEC.md §4), k-diffusion style.
+"""The DDIM sampling loop (docs/training.md), k-diffusion style.
 
 The loop knows only a denoiser callable ``denoise(x_t, timesteps) -> x̂0`` (see :mod:`.denoisers`) and a
 scheduler; text conditioning, guidance, fixed channels and super-resolution are wrappers around the denoiser, so

@@ -1,4 +1,4 @@
-"""Continuous-time noise schedules (SPEC.md §4).
+"""Continuous-time noise schedules (docs/training.md).
 
 Time ``t`` runs over [0, 1] (0 clean, 1 pure noise). A schedule maps ``t`` to ``alpha_bar(t)``, the signal fraction
 of ``x_t = sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * noise``. The network never sees ``t`` itself: it receives

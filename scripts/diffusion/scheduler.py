@@ -1,4 +1,4 @@
-"""A MONAI-style scheduler for MedSyn's continuous-time, x0-predicting diffusion (SPEC.md §4).
+"""A MONAI-style scheduler for MedSyn's continuous-time, x0-predicting diffusion (docs/training.md).
 
 It knows the maths of the noise process and nothing about the network (as diffusers and MONAI schedulers do):
 ``add_noise`` for training, ``set_timesteps`` + ``step`` for deterministic DDIM sampling. The interface follows

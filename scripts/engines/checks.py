@@ -68,7 +68,7 @@ def check_training_config(
         batch_size, accumulation_steps: see :func:`per_process_batch` (checked against the current world size).
         max_epochs: positive.
         lr: positive learning rate.
-        amp: mixed precision; warned about on CPU (bf16 autocast is very slow there, SPEC.md §12).
+        amp: mixed precision; warned about on CPU (bf16 autocast is very slow there).
         device: the training device.
         crop_size, size: super-resolution crop and volume size (:func:`scripts.engines.data.check_crop`).
     """

@@ -91,7 +91,7 @@ class GradientClipHandler:
     """Clip the global gradient norm before each optimizer step (after unscaling when AMP's scaler is on).
 
     Args:
-        max_norm: largest allowed L2 norm of all gradients together; SPEC: 1.0.
+        max_norm: largest allowed L2 norm of all gradients together; MedSyn's: 1.0.
 
     The norm before clipping is stored as ``engine.state.grad_norm`` for logging.
     """

@@ -1,4 +1,4 @@
-"""Evaluation of synthetic chest CT (SPEC §10): anatomy measures, distribution distances, prompt adherence,
+"""Evaluation of synthetic chest CT (docs/evaluation.md): anatomy measures, distribution distances, prompt adherence,
 segmentation by the joint model, memorisation audit, and the report that gathers them.
 
 Modules: ``anatomy_measures`` (measures + backends), ``features`` (feature networks and weights), ``distances``

@@ -48,7 +48,6 @@ SYNTHETIC_DESCRIPTION = "synthetic: MedSyn-MONAI generated, not a patient"
 _DTYPES = {"ct": "int16", "lobe": "uint8", "airway": "uint8", "vessel": "uint8", "label": "uint8"}
 OVERWRITE_HINT = "pass --overwrite true to replace it, or another --output_dir"
 OUTPUT_FORMATS = ("nifti", "dicom", "both")
-_DICOM_KEYS = ("ct_dicom", "seg_dicom")
 
 
 def decode_sample(volume: torch.Tensor, conventions: ModelConventions = MEDSYN_MONAI) -> dict[str, np.ndarray]:

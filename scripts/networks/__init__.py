@@ -1,4 +1,4 @@
-"""Denoiser networks of MedSyn (SPEC.md §5) and loading of the official checkpoints.
+"""Denoiser networks of MedSyn (docs/official_weights.md) and loading of the official checkpoints.
 
 Public API:
     MedSynUNet                     the one network class of both stages

@@ -1,4 +1,4 @@
-"""Building blocks of the MedSyn denoiser (SPEC.md §5), one idea per class.
+"""Building blocks of the MedSyn denoiser (docs/official_weights.md), one idea per class.
 
 Every block takes and returns volumes laid out as (B, C, D, H, W): D runs over slices and is never resampled;
 the per-slice blocks (kernels (1, 3, 3), attention over the H·W tokens of each slice) act on H and W only, and

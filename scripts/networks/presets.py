@@ -32,7 +32,7 @@ def register_preset(name: str, lowres: dict[str, Any], sr: dict[str, Any]) -> No
     PRESETS[name] = {"lowres": dict(lowres), "sr": dict(sr)}
 
 
-# The official MedSyn models (SPEC.md §5): text from CXR-BERT (768), 4 channels CT/lobe/airway/vessel.
+# The official MedSyn models (docs/official_weights.md): text from CXR-BERT (768), 4 channels CT/lobe/airway/vessel.
 register_preset(
     "paper",
     lowres=dict(

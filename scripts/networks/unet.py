@@ -1,4 +1,4 @@
-"""The MedSyn denoiser: one UNet for both stages (SPEC.md §5), assembled from `blocks.py`.
+"""The MedSyn denoiser: one UNet for both stages (docs/official_weights.md), assembled from `blocks.py`.
 
 Low resolution (text-conditioned, 64³): ``context_dim`` set, bottleneck of four units of
 [per-slice self-attention (one shared set of weights, own norm gains), cross-attention to the text,
