@@ -286,6 +286,21 @@ def test_dicom_output_beside_or_instead_of_nifti(runner, tmp_path):
         runner(tmp_path / "dicom", output_format="dicom").synthesize(prompt=REPORT)
 
 
+def test_sampler_per_stage_is_chosen_and_recorded(runner, tmp_path):
+    (ddim,) = runner(tmp_path / "ddim").generate(prompt=REPORT, seed=3)
+    (dpm,) = runner(tmp_path / "dpm", sampler_lowres="dpmpp_2m", sampler_sr="dpmpp_2m").generate(prompt=REPORT, seed=3)
+    sidecar = json.loads(dpm["json"].read_text())
+    assert (sidecar["sampler_lowres"], sidecar["sampler_sr"]) == ("dpmpp_2m", "dpmpp_2m")
+    assert json.loads(ddim["json"].read_text())["sampler_lowres"] == "ddim"
+    assert not np.array_equal(
+        np.asarray(nib.load(str(ddim["ct"])).dataobj), np.asarray(nib.load(str(dpm["ct"])).dataobj)
+    )
+    with pytest.raises(ValueError, match="--sampler_sr must be one of ddim, dpmpp_2m"):
+        runner(tmp_path, sampler_sr="euler")
+    with pytest.raises(OutputExistsError, match="sampler_lowres differs"):  # not taken for the DDIM sample
+        runner(tmp_path / "ddim", sampler_lowres="dpmpp_2m").generate(prompt=REPORT, seed=3)
+
+
 def test_a_class_in_no_label_map_is_said(tmp_path, caplog):
     from scripts.conventions import SEGMENTATION_LABELS
     from scripts.data.auto3dseg import absent_label_classes

@@ -38,4 +38,10 @@ from .prepare_batch import ContinuousDiffusionPrepareBatch, LowResPrepareBatch, 
 from .rng import as_generator
 from .sampler import SamplerStep, ddim_sample_loop, sample_ddim
 from .schedule import TIME_SCALE, ContinuousSchedules, cosine_alpha_bar, get_schedule
-from .scheduler import ContinuousDDIMScheduler, DDIMStepOutput
+from .scheduler import (
+    SCHEDULERS,
+    ContinuousDDIMScheduler,
+    ContinuousDPMSolverScheduler,
+    DDIMStepOutput,
+    get_scheduler,
+)

@@ -62,8 +62,10 @@ class MedSynPipeline:
         sr_overlap: tile overlap fraction.
         device: where the networks run; default CUDA when available.
         progress: show progress bars.
-        scheduler: the DDIM scheduler of both stages; default ``ContinuousDDIMScheduler()``. For official weights use
-            ``ContinuousDDIMScheduler.for_conventions(MEDSYN_OFFICIAL)`` (one more evaluation at t = 0).
+        scheduler: the sampler of stage 1 (and of stage 2 unless ``sr_scheduler``); default
+            ``ContinuousDDIMScheduler()``. For official weights use ``get_scheduler(name, MEDSYN_OFFICIAL)`` (one more
+            evaluation at t = 0); ``ContinuousDPMSolverScheduler`` needs fewer steps for the same result.
+        sr_scheduler: the sampler of stage 2; default ``scheduler``.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class MedSynPipeline:
         device: str | torch.device | None = None,
         progress: bool = True,
         scheduler: ContinuousDDIMScheduler | None = None,
+        sr_scheduler: ContinuousDDIMScheduler | None = None,
     ) -> None:
         if len(lowres_size) != 3 or min(lowres_size) < 1:
             raise ValueError(f"lowres_size must be three positive sizes (D, H, W), got {list(lowres_size)}")
@@ -100,6 +103,7 @@ class MedSynPipeline:
         self.sr_overlap = sr_overlap
         self.progress = progress
         self.scheduler = scheduler if scheduler is not None else ContinuousDDIMScheduler()
+        self.sr_scheduler = sr_scheduler if sr_scheduler is not None else self.scheduler
 
     @property
     def size(self) -> tuple[int, int, int]:
@@ -192,7 +196,7 @@ class MedSynPipeline:
         if values is not None:
             denoise = FixedChannels(denoise, values, names)
         noise = self._noise(noise_sr, self.size, generator, "noise_sr")
-        volume = ddim_sample_loop(denoise, noise, self.sr_steps, self.scheduler, progress=self.progress)
+        volume = ddim_sample_loop(denoise, noise, self.sr_steps, self.sr_scheduler, progress=self.progress)
         return PipelineOutput(lowres=lowres[0].float().cpu(), volume=volume[0].float().cpu(), sr_tile=tile)
 
 
