@@ -1,6 +1,7 @@
 """Inference on tiny random-weight networks: files, affines, reproducibility, anatomy control, errors."""
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -284,6 +285,51 @@ def test_dicom_output_beside_or_instead_of_nifti(runner, tmp_path):
         runner(tmp_path, output_format="DICOM")
     with pytest.raises(ValueError, match="synthesize writes an Auto3DSeg dataset of NIfTI"):
         runner(tmp_path / "dicom", output_format="dicom").synthesize(prompt=REPORT)
+
+
+def test_synthesize_sharded_over_two_processes_writes_what_one_process_writes(weights, tmp_path):
+    """torchrun with two CPU processes (gloo): each makes every second sample, rank 0 writes the index; the files
+    equal a single process's. A rerun keeps every finished sample."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"id": "a", "report": REPORT}, {"id": "b", "report": "No effusion."}]))
+    options = [
+        "-m", "monai.bundle", "run", "synthesize", "--config_file", "configs/inference.json",
+        "--lowres_weights", str(weights[0]), "--sr_weights", str(weights[1]), "--prompt_file", str(prompts),
+        "--num_samples", "2", "--steps_lowres", "2", "--steps_sr", "2", "--sr_tile", "null", "--device", "cpu",
+        "--num_folds", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    sharded = subprocess.run(
+        [*torchrun, "--master_port", str(port), *options, "--output_dir", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    log = sharded.stdout + sharded.stderr
+    assert "rank 0 of 2: 2 samples to make" in log and "rank 1 of 2: 2 samples to make" in log
+    single = subprocess.run(
+        [sys.executable, *options, "--output_dir", str(tmp_path / "one")], capture_output=True, text=True,
+        timeout=600, env=env,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    one, two = json.loads((tmp_path / "one" / "datalist.json").read_text()), (tmp_path / "two" / "datalist.json")
+    assert json.loads(two.read_text()) == one and len(one["training"]) == 4
+    for item in one["training"]:
+        for key in ("image", "label"):
+            a, b = (np.asarray(nib.load(str(tmp_path / run / item[key])).dataobj) for run in ("one", "two"))
+            np.testing.assert_array_equal(a, b)
+    again = subprocess.run(
+        [*torchrun, "--master_port", str(port + 1 if port < 65535 else port - 1), *options,
+         "--output_dir", str(tmp_path / "two")], capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert again.returncode == 0 and "4 of 4 samples already finished" in again.stdout + again.stderr
 
 
 def test_sampler_per_stage_is_chosen_and_recorded(runner, tmp_path):

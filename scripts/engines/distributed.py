@@ -25,6 +25,25 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process: the process group's when one is set up, else torchrun's ``RANK`` and
+    ``WORLD_SIZE`` (set before any group exists), else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def wait_for_all_ranks() -> None:
+    """A barrier across the processes torchrun started (the process group is set up on first use); nothing in a
+    single process."""
+    _, world = process_rank()
+    if world < 2:
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(default_backend())
+    dist.barrier()
+
+
 def is_rank_zero() -> bool:
     """True in a single process and on rank 0 of a process group."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -57,4 +76,12 @@ def check_replicas_agree(network: torch.nn.Module, atol: float = 0.0) -> float:
     return value
 
 
-__all__ = ["check_replicas_agree", "default_backend", "is_rank_zero", "local_device", "wrap_ddp"]
+__all__ = [
+    "check_replicas_agree",
+    "default_backend",
+    "is_rank_zero",
+    "local_device",
+    "process_rank",
+    "wait_for_all_ranks",
+    "wrap_ddp",
+]

@@ -29,6 +29,7 @@ from scripts.data.auto3dseg import DATALIST_FILE, absent_label_classes, write_da
 from scripts.data.io import OutputExistsError, check_output_folder, json_text, write_json
 from scripts.data.transforms import build_channel_preprocessing
 from scripts.diffusion import SCHEDULERS, get_scheduler
+from scripts.engines.distributed import local_device, process_rank, wait_for_all_ranks
 from scripts.inference.cascade import load_cascade
 from scripts.inference.pipeline import MedSynPipeline
 from scripts.inference.prompts import Prompt, read_prompts
@@ -119,6 +120,13 @@ class InferenceRunner:
 
     def _load(self) -> None:
         """Load both networks; the model grid and conventions come from their descriptions (:mod:`.cascade`)."""
+        if (
+            process_rank()[1] > 1
+            and self.device is not None
+            and self.device.type == "cuda"
+            and self.device.index is None
+        ):
+            self.device = local_device()  # one GPU per process under torchrun: cuda:<LOCAL_RANK>
         lowres, sr, described = load_cascade(
             self.lowres_weights, self.sr_weights, self.device or "cpu", self.spacing_override, self.size_mode_override
         )
@@ -226,7 +234,9 @@ class InferenceRunner:
         The reports come from ``prompt`` or ``prompt_file``; with neither, fixed inputs alone give report-free
         samples named ``segmentation`` (CT given) or ``anatomy``, and otherwise ``default_prompt`` is used.
         Samples already finished for the same request are kept (see the module docstring). ``label`` also writes
-        each sample's combined label map (``synthesize``). Returns the paths of every sample of the request.
+        each sample's combined label map (``synthesize``). Under ``torchrun`` (``WORLD_SIZE`` > 1) every process
+        plans the same samples and makes every world-th one still to make, on ``cuda:<LOCAL_RANK>`` when the device
+        is CUDA. Returns the paths of every sample of the request.
         """
         num_samples = parse_number(num_samples, "num_samples", int, minimum=1)
         seed = parse_number(seed, "seed", int, minimum=0)
@@ -249,6 +259,10 @@ class InferenceRunner:
                 f"{len(jobs) - len(todo)} of {len(jobs)} samples already finished with the same request: kept "
                 "(--overwrite true makes them again)"
             )
+        rank, world = process_rank()
+        if world > 1:  # under torchrun every process plans the same list and makes every world-th sample of it
+            todo = todo[rank::world]
+            logger.info(f"rank {rank} of {world}: {len(todo)} samples to make")
         if todo:
             fixed, affine = self.load_fixed(inputs)
             affine = affine if affine is not None else self.grid.output_affine
@@ -300,6 +314,9 @@ class InferenceRunner:
         ``data_src_cfg.yaml`` (modality, datalist, dataroot) for ``monai.apps.auto3dseg.AutoRunner``, every path
         relative to the folder (:mod:`scripts.data.auto3dseg`).
 
+        Under ``torchrun`` each process makes every world-th sample (:meth:`generate`) and rank 0 writes the index
+        once all have finished; the files are those a single process writes.
+
         A folder that holds a dataset already gains this run's cases: its ``datalist.json`` keeps the other cases
         and their folds (a case made again keeps its fold, a new one gets the next fold in turn). A declared class
         that no label map holds is listed in the datalist's ``absent_labels`` and logged as a warning: Auto3DSeg
@@ -312,7 +329,10 @@ class InferenceRunner:
             )
         root = Path(self.output_dir)
         index = _read_dataset_index(root / DATALIST_FILE)  # a foreign datalist.json is refused before sampling
-        written = self.generate(label=True, **kwargs)
+        written = self.generate(label=True, **kwargs)  # the paths of every sample, whichever process made it
+        wait_for_all_ranks()
+        if process_rank()[0] != 0:  # rank 0 writes the index once every process has written its samples
+            return root / DATALIST_FILE
         items = {item["image"]: item for item in index}
         for paths in written:
             image = paths["ct"].name
