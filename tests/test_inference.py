@@ -332,6 +332,24 @@ def test_synthesize_sharded_over_two_processes_writes_what_one_process_writes(we
     assert again.returncode == 0 and "4 of 4 samples already finished" in again.stdout + again.stderr
 
 
+def test_bfloat16_networks_with_a_float32_sampler_on_tiny_shapes(runner, tmp_path):
+    from scripts.diffusion import AutocastDenoiser
+
+    (full,) = runner(tmp_path / "fp32").generate(prompt=REPORT, seed=3)
+    (half,) = runner(tmp_path / "bf16", precision="bfloat16").generate(prompt=REPORT, seed=3)
+    assert json.loads(half["json"].read_text())["precision"] == "bfloat16"
+    a, b = (np.asarray(nib.load(str(p["ct"])).dataobj).astype(float) for p in (full, half))
+    assert not np.array_equal(a, b) and np.abs(a - b).mean() < 50  # HU: the networks' rounding, not another sample
+    seen = []
+    denoise = AutocastDenoiser(
+        lambda x, t: seen.append(torch.get_autocast_dtype("cpu")) or x @ x, "cpu", torch.bfloat16
+    )
+    out = denoise(torch.ones(2, 2), torch.zeros(2))
+    assert out.dtype == torch.float32 and seen == [torch.bfloat16]
+    with pytest.raises(ValueError, match="--precision must be one of float32, bfloat16, float16"):
+        runner(tmp_path, precision="half")
+
+
 def test_sampler_per_stage_is_chosen_and_recorded(runner, tmp_path):
     (ddim,) = runner(tmp_path / "ddim").generate(prompt=REPORT, seed=3)
     (dpm,) = runner(tmp_path / "dpm", sampler_lowres="dpmpp_2m", sampler_sr="dpmpp_2m").generate(prompt=REPORT, seed=3)

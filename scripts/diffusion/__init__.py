@@ -26,6 +26,8 @@ Segmentation or anatomy control: wrap the low-res denoiser in ``FixedChannels(de
 
 from .conditioning import degrade_for_super_resolution, downsample_nearest, upsample_nearest
 from .denoisers import (
+    PRECISIONS,
+    AutocastDenoiser,
     ClassifierFreeGuidance,
     Denoiser,
     FixedChannels,

@@ -12,6 +12,7 @@ Compose, innermost first::
     denoise = FixedChannels(denoise, ct, channels=["ct"])               # segmentation: CT given, masks generated
     denoise = FixedChannels(denoise, masks, channels=["lobe", "airway", "vessel"])  # anatomy-controlled synthesis
     denoise = SuperResolutionDenoiser(sr_net, upsample_nearest(lowres))  # stage 2
+    denoise = AutocastDenoiser(denoise, "cuda", torch.bfloat16)         # bf16 network, float32 sampler
 """
 
 from __future__ import annotations
@@ -129,6 +130,31 @@ def channel_indices(channels: Sequence[int | str]) -> list[int]:
     if len(set(indices)) != len(indices):
         raise ValueError(f"channels repeat a channel: {list(channels)}")
     return indices
+
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class AutocastDenoiser:
+    """Run a denoiser under ``torch.autocast`` (convolutions and matrix products in bf16 or fp16) and return x̂0 in
+    float32, so the sampler's update, the clipping and fixed channels stay in float32. The networks keep their own
+    float32 islands (group-norm statistics).
+
+    Args:
+        denoiser: the inner denoiser (a network wrapper).
+        device_type: ``"cuda"`` or ``"cpu"``, where the networks run.
+        dtype: ``torch.bfloat16`` (GPUs from Ampere on; no loss scaling needed) or ``torch.float16``.
+    """
+
+    def __init__(self, denoiser: Denoiser, device_type: str, dtype: torch.dtype) -> None:
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast dtype must be bfloat16 or float16, got {dtype}")
+        self.denoiser, self.device_type, self.dtype = denoiser, device_type, dtype
+
+    def __call__(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            x0_hat = self.denoiser(x_t, timesteps)
+        return x0_hat.float()
 
 
 class FixedChannels:

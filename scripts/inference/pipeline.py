@@ -16,6 +16,8 @@ from torch import nn
 
 from scripts.conventions import CHANNELS, LOWRES_FACTOR, NUM_CHANNELS
 from scripts.diffusion import (
+    PRECISIONS,
+    AutocastDenoiser,
     ClassifierFreeGuidance,
     ContinuousDDIMScheduler,
     FixedChannels,
@@ -66,6 +68,8 @@ class MedSynPipeline:
             ``ContinuousDDIMScheduler()``. For official weights use ``get_scheduler(name, MEDSYN_OFFICIAL)`` (one more
             evaluation at t = 0); ``ContinuousDPMSolverScheduler`` needs fewer steps for the same result.
         sr_scheduler: the sampler of stage 2; default ``scheduler``.
+        precision: ``float32`` (default), or ``bfloat16`` / ``float16``: the networks run under autocast, the sampler
+            in float32 (:class:`~scripts.diffusion.AutocastDenoiser`); bfloat16 is the fast setting on GPUs.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class MedSynPipeline:
         progress: bool = True,
         scheduler: ContinuousDDIMScheduler | None = None,
         sr_scheduler: ContinuousDDIMScheduler | None = None,
+        precision: str = "float32",
     ) -> None:
         if len(lowres_size) != 3 or min(lowres_size) < 1:
             raise ValueError(f"lowres_size must be three positive sizes (D, H, W), got {list(lowres_size)}")
@@ -104,6 +109,13 @@ class MedSynPipeline:
         self.progress = progress
         self.scheduler = scheduler if scheduler is not None else ContinuousDDIMScheduler()
         self.sr_scheduler = sr_scheduler if sr_scheduler is not None else self.scheduler
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+
+    def _autocast(self, denoise: Callable) -> Callable:
+        dtype = PRECISIONS[self.precision]
+        return denoise if dtype is None else AutocastDenoiser(denoise, self.device.type, dtype)
 
     @property
     def size(self) -> tuple[int, int, int]:
@@ -179,6 +191,7 @@ class MedSynPipeline:
             if context is None
             else ClassifierFreeGuidance(self.lowres_network, context, self.guidance_scale)
         )
+        denoise = self._autocast(denoise)
         if values is not None:
             denoise = FixedChannels(denoise, downsample_nearest(values), names)
         noise = self._noise(noise_lowres, self.lowres_size, generator, "noise_lowres")
@@ -192,7 +205,7 @@ class MedSynPipeline:
             tile = auto_tile(network, self.size, self.device)
         if tile is not None:
             network = SlidingWindowNetwork(network, tile, overlap=self.sr_overlap)
-        denoise = SuperResolutionDenoiser(network, upsample_nearest(lowres))
+        denoise = self._autocast(SuperResolutionDenoiser(network, upsample_nearest(lowres)))
         if values is not None:
             denoise = FixedChannels(denoise, values, names)
         noise = self._noise(noise_sr, self.size, generator, "noise_sr")

@@ -28,7 +28,7 @@ from scripts.conventions import LOWRES_FACTOR, SEGMENTATION_LABELS
 from scripts.data.auto3dseg import DATALIST_FILE, absent_label_classes, write_data_source
 from scripts.data.io import OutputExistsError, check_output_folder, json_text, write_json
 from scripts.data.transforms import build_channel_preprocessing
-from scripts.diffusion import SCHEDULERS, get_scheduler
+from scripts.diffusion import PRECISIONS, SCHEDULERS, get_scheduler
 from scripts.engines.distributed import local_device, process_rank, wait_for_all_ranks
 from scripts.inference.cascade import load_cascade
 from scripts.inference.pipeline import MedSynPipeline
@@ -70,6 +70,8 @@ class InferenceRunner:
             as a DICOM Segmentation, instead of the NIfTI volumes) or ``both``.
         sampler_lowres, sampler_sr: the sampler of each stage: ``ddim`` (default; the official loop) or
             ``dpmpp_2m`` (DPM-Solver++(2M): second order, so fewer steps for the same result).
+        precision: ``float32`` (default), ``bfloat16`` or ``float16``: the networks under autocast (fast on GPUs),
+            the sampler in float32.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class InferenceRunner:
         output_format: str = "nifti",
         sampler_lowres: str = "ddim",
         sampler_sr: str = "ddim",
+        precision: str = "float32",
     ) -> None:
         # nothing is loaded here: the command line reports loading problems in one line (see run)
         self.lowres_weights, self.sr_weights = lowres_weights, sr_weights or None
@@ -116,6 +119,9 @@ class InferenceRunner:
             if name not in SCHEDULERS:
                 raise ValueError(f"--{option} must be one of {', '.join(SCHEDULERS)}, got {name!r}")
         self.sampler_lowres, self.sampler_sr = sampler_lowres, sampler_sr
+        if precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         self._pipeline: MedSynPipeline | None = None
 
     def _load(self) -> None:
@@ -150,6 +156,7 @@ class InferenceRunner:
             progress=self.progress,
             scheduler=get_scheduler(self.sampler_lowres, self.conventions),
             sr_scheduler=get_scheduler(self.sampler_sr, self.conventions),
+            precision=self.precision,
         )
         self.settings = {
             "guidance_scale": self.guidance_scale,
@@ -157,6 +164,7 @@ class InferenceRunner:
             "steps_sr": self.steps_sr if sr is not None else None,
             "sampler_lowres": self.sampler_lowres,
             "sampler_sr": self.sampler_sr if sr is not None else None,
+            "precision": self.precision,
         }
         self._writer = SampleWriter(
             self.output_dir, self.conventions, overwrite=self.overwrite, output_format=self.output_format
