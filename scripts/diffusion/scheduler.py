@@ -215,11 +215,7 @@ class ContinuousDDIMScheduler:
         pred_x0 = model_output
         if self.clip_sample:
             pred_x0 = pred_x0.clamp(*self.clip_sample_values)
-
-        alpha_bar = self._alpha_bar_like(timestep, sample)
-        pred_eps = (sample - alpha_bar.sqrt() * pred_x0) / (1.0 - alpha_bar).sqrt()
-        alpha_bar_next = self._alpha_bar_like(next_timestep, sample)
-        prev = alpha_bar_next.sqrt() * pred_x0 + (1.0 - alpha_bar_next).sqrt() * pred_eps
+        prev = self._update(pred_x0, timestep, sample, next_timestep)
         # the last step returns x̂0 exactly (no residual sqrt(1 - alpha_bar(0)) ≈ 0.0125 of noise)
         final = torch.as_tensor(timestep, device=sample.device) <= 0
         if self.set_alpha_to_one:
@@ -227,6 +223,19 @@ class ContinuousDDIMScheduler:
         final = unsqueeze_right(final, sample.ndim)
         prev = torch.where(final, pred_x0, prev)
         return DDIMStepOutput(prev, pred_x0)
+
+    def _update(
+        self,
+        pred_x0: torch.Tensor,
+        timestep: torch.Tensor | float,
+        sample: torch.Tensor,
+        next_timestep: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """x at ``next_timestep`` from x_t and the clipped x̂0: the DDIM update (a solver overrides only this)."""
+        alpha_bar = self._alpha_bar_like(timestep, sample)
+        pred_eps = (sample - alpha_bar.sqrt() * pred_x0) / (1.0 - alpha_bar).sqrt()
+        alpha_bar_next = self._alpha_bar_like(next_timestep, sample)
+        return alpha_bar_next.sqrt() * pred_x0 + (1.0 - alpha_bar_next).sqrt() * pred_eps
 
 
 class ContinuousDPMSolverScheduler(ContinuousDDIMScheduler):
@@ -256,20 +265,14 @@ class ContinuousDPMSolverScheduler(ContinuousDDIMScheduler):
         alpha_bar = self._alpha_bar_like(timestep, sample).to(torch.float64)
         return 0.5 * (alpha_bar.log() - torch.log1p(-alpha_bar))
 
-    def step(
+    def _update(
         self,
-        model_output: torch.Tensor,
+        pred_x0: torch.Tensor,
         timestep: torch.Tensor | float,
         sample: torch.Tensor,
-        next_timestep: torch.Tensor | float | None = None,
-    ) -> DDIMStepOutput:
-        """One DPM-Solver++(2M) step from ``timestep`` to ``next_timestep`` given the network's x̂0 (arguments and
-        result as :meth:`ContinuousDDIMScheduler.step`)."""
-        if model_output.shape != sample.shape:
-            raise ValueError(f"model_output {tuple(model_output.shape)} differs from sample {tuple(sample.shape)}")
-        if next_timestep is None:
-            next_timestep = self.next_timestep(timestep)
-        pred_x0 = model_output.clamp(*self.clip_sample_values) if self.clip_sample else model_output
+        next_timestep: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """The DPM-Solver++(2M) update (the class docstring); the clipping and the final step are the DDIM step's."""
         lam, lam_next = self._log_snr(timestep, sample), self._log_snr(next_timestep, sample)
         h = lam_next - lam
         data = pred_x0
@@ -280,12 +283,7 @@ class ContinuousDPMSolverScheduler(ContinuousDDIMScheduler):
         self._previous = (pred_x0, h)
         alpha_bar, alpha_bar_next = self._alpha_bar_like(timestep, sample), self._alpha_bar_like(next_timestep, sample)
         sigma_ratio = ((1.0 - alpha_bar_next) / (1.0 - alpha_bar)).sqrt()
-        prev = sigma_ratio * sample - alpha_bar_next.sqrt() * torch.expm1(-h).to(sample.dtype) * data
-        final = torch.as_tensor(timestep, device=sample.device) <= 0
-        if self.set_alpha_to_one:
-            final = final | (torch.as_tensor(next_timestep, device=sample.device) <= 0)
-        prev = torch.where(unsqueeze_right(final, sample.ndim), pred_x0, prev)
-        return DDIMStepOutput(prev, pred_x0)
+        return sigma_ratio * sample - alpha_bar_next.sqrt() * torch.expm1(-h).to(sample.dtype) * data
 
 
 SCHEDULERS = {"ddim": ContinuousDDIMScheduler, "dpmpp_2m": ContinuousDPMSolverScheduler}
