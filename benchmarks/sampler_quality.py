@@ -1,14 +1,21 @@
-"""Quality against network evaluations of the samplers, stage 1, on the demo weights (CPU).
+"""Quality against network evaluations of the samplers and their grids, per stage, on the demo weights (CPU).
 
-    python -m benchmarks.sampler_quality [--seeds 0 1] [--steps 5 10 15 20 30 50] [--reference 250]
-        [--json FILE] [--plot docs/figures/sampler_quality_stage1.png]
+    python -m benchmarks.sampler_quality [--stage lowres|sr] [--seeds 0 1] [--steps 5 10 15 20 30 50]
+        [--reference 250] [--json FILE] [--plot docs/figures/sampler_quality_stage1.png]
 
-For each seed the low-res stage runs from the same starting noise with DDIM and with DPM-Solver++(2M)
-(``dpmpp_2m``) at each step count, and with DDIM at ``--reference`` steps as the reference. Per run: the mean
-absolute difference from the reference per channel (network units, [-1, 1]) and the Dice of the decoded lobe
-(mean over the five lobes), airway and vessel maps against the reference's. The default report of
-configs/inference.json, guidance 1 (MedSyn's), the shipped ``models/lowres_small.pt``. A step is one network
-evaluation here (the bundle's sampler returns x̂0 at the last step).
+For each seed the stage runs from the same starting noise with every variant at each step count, and with DDIM at
+``--reference`` steps (the official uniform grid) as the reference. The variants separate the solver from its grid:
+``ddim`` (the official loop), ``ddim_logsnr`` (DDIM on the log-SNR grid), ``dpmpp_2m`` (DPM-Solver++(2M) on its
+default log-SNR grid: what ``--sampler_* dpmpp_2m`` runs) and ``dpmpp_2m_uniform`` (on the uniform grid).
+
+Per run: the mean absolute difference from the reference per channel (network units, [-1, 1]) and the Dice of the
+decoded lobe (mean over the five lobes), airway and vessel maps against the reference's. The default report of
+configs/inference.json, guidance 1 (MedSyn's), the shipped ``models/lowres_small.pt`` and ``models/sr_small.pt``.
+Stage 2 (``--stage sr``) is conditioned on the seed's stage-1 result of the official loop (DDIM, 50 steps) and
+starts from the seed's own noise, on the middle ``--sr_crop`` (D H W) of the 256³ grid: the whole volume takes
+about 35 s per evaluation on a 2-core CPU, and the comparison between samplers needs the same network on the same
+input, not the whole volume (``--sr_crop 256 256 256`` runs it whole). A step is one network evaluation (the
+sampler returns x̂0 at the last step).
 """
 
 from __future__ import annotations
@@ -22,11 +29,17 @@ import numpy as np
 import torch
 
 from scripts.conventions import CHANNELS, NUM_LOBES
-from scripts.diffusion import get_scheduler
+from scripts.diffusion import SuperResolutionDenoiser, ddim_sample_loop, get_scheduler, upsample_nearest
 from scripts.inference.workflow import InferenceRunner
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLERS = ("ddim", "dpmpp_2m")
+VARIANTS = {  # name: (sampler, grid; None = the sampler's default)
+    "ddim": ("ddim", None),
+    "ddim_logsnr": ("ddim", "logsnr"),
+    "dpmpp_2m": ("dpmpp_2m", None),
+    "dpmpp_2m_uniform": ("dpmpp_2m", "uniform"),
+}
+DEFAULT_STEPS = {"lowres": [5, 10, 15, 20, 30, 50], "sr": [3, 5, 7, 10, 15, 20]}
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,36 +57,84 @@ def compare(sample: torch.Tensor, reference: torch.Tensor, conventions) -> dict[
     return out
 
 
+class StageRunner:
+    """One stage of the demo cascade from a seed's fixed starting noise, with any scheduler and step count."""
+
+    def __init__(
+        self, stage: str, prompt: str, weights_lowres: str, weights_sr: str, sr_crop: tuple[int, int, int]
+    ) -> None:
+        self.runner = InferenceRunner(
+            weights_lowres, weights_sr if stage == "sr" else "", ROOT / "outputs" / "sq", device="cpu", progress=False
+        )
+        self.pipeline, self.stage, self.prompt = self.runner.pipeline, stage, prompt
+        self._seed: int | None = None
+        self.sr_crop = sr_crop
+
+    def scheduler(self, variant: str):
+        sampler, grid = VARIANTS[variant]
+        return get_scheduler(sampler, self.runner.conventions, **({"timestep_spacing": grid} if grid else {}))
+
+    def set_seed(self, seed: int) -> None:
+        """Stage 1: the pipeline draws the seed's noise itself. Stage 2: the official loop's stage-1 result for the
+        seed conditions it, and the seed's generator draws its noise."""
+        self._seed = seed
+        if self.stage == "sr":
+            pipeline = self.pipeline
+            pipeline.scheduler, pipeline.lowres_steps = get_scheduler("ddim", self.runner.conventions), 50
+            saved, pipeline.sr_network = pipeline.sr_network, None
+            lowres = pipeline(self.prompt, seed).lowres
+            pipeline.sr_network = saved
+            noise = torch.randn((1, 4, *pipeline.size), generator=torch.Generator().manual_seed(seed + 10_000))
+            crop = (slice(None), slice(None)) + tuple(
+                slice((full - size) // 2, (full - size) // 2 + size) for full, size in zip(pipeline.size, self.sr_crop)
+            )
+            self._denoise = SuperResolutionDenoiser(saved, upsample_nearest(lowres[None])[crop])
+            self._noise = noise[crop]
+
+    def __call__(self, variant: str, steps: int) -> torch.Tensor:
+        """The stage's result, (4, D, H, W) in network units."""
+        if self.stage == "lowres":
+            self.pipeline.scheduler, self.pipeline.lowres_steps = self.scheduler(variant), steps
+            return self.pipeline(self.prompt, self._seed).lowres
+        with torch.inference_mode():
+            return ddim_sample_loop(self._denoise, self._noise, steps, self.scheduler(variant), progress=False)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=("lowres", "sr"), default="lowres")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 15, 20, 30, 50])
+    parser.add_argument("--steps", type=int, nargs="+")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--reference", type=int, default=250)
-    parser.add_argument("--weights", default=str(ROOT / "models" / "lowres_small.pt"))
+    parser.add_argument("--weights_lowres", default=str(ROOT / "models" / "lowres_small.pt"))
+    parser.add_argument("--weights_sr", default=str(ROOT / "models" / "sr_small.pt"))
+    parser.add_argument("--sr_crop", type=int, nargs=3, default=[32, 128, 128])
     parser.add_argument("--json")
     parser.add_argument("--plot")
     args = parser.parse_args(argv)
+    steps_list = args.steps or DEFAULT_STEPS[args.stage]
     prompt = json.loads((ROOT / "configs" / "inference.json").read_text())["default_prompt"]
-    runner = InferenceRunner(args.weights, "", ROOT / "outputs" / "sampler_quality", device="cpu", progress=False)
-    pipeline = runner.pipeline
-    results: dict = {"prompt": prompt, "reference_steps": args.reference, "runs": []}
+    stage = StageRunner(args.stage, prompt, args.weights_lowres, args.weights_sr, tuple(args.sr_crop))
+    results: dict = {"stage": args.stage, "prompt": prompt, "reference_steps": args.reference, "runs": []}
+    if args.stage == "sr":
+        results["sr_crop"] = args.sr_crop
     for seed in args.seeds:
-        pipeline.scheduler, pipeline.lowres_steps = get_scheduler("ddim", runner.conventions), args.reference
-        reference = pipeline(prompt, seed).lowres
-        for sampler in SAMPLERS:
-            for steps in args.steps:
-                pipeline.scheduler, pipeline.lowres_steps = get_scheduler(sampler, runner.conventions), steps
+        stage.set_seed(seed)
+        reference = stage("ddim", args.reference)
+        for variant in args.variants:
+            for steps in steps_list:
                 start = time.perf_counter()
-                sample = pipeline(prompt, seed).lowres
-                row = {"seed": seed, "sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start}
-                row.update(compare(sample, reference, runner.conventions))
+                sample = stage(variant, steps)
+                row = {"seed": seed, "variant": variant, "steps": steps, "seconds": time.perf_counter() - start}
+                row.update(compare(sample, reference, stage.runner.conventions))
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
     summary = {}
-    for sampler in SAMPLERS:
-        for steps in args.steps:
-            rows = [r for r in results["runs"] if r["sampler"] == sampler and r["steps"] == steps]
-            summary[f"{sampler}@{steps}"] = {
+    for variant in args.variants:
+        for steps in steps_list:
+            rows = [r for r in results["runs"] if r["variant"] == variant and r["steps"] == steps]
+            summary[f"{variant}@{steps}"] = {
                 k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k[:4] in ("mae_", "dice")
             }
     results["summary"] = summary
@@ -81,28 +142,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if args.plot:
-        _plot(summary, args.steps, args.reference, args.plot)
+        _plot(summary, args.variants, steps_list, args.reference, args.stage, args.plot)
     return 0
 
 
-def _plot(summary: dict, steps: list[int], reference: int, path: str) -> None:
+def _plot(summary: dict, variants: list[str], steps: list[int], reference: int, stage: str, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    label = {"lowres": "stage 1, 64³", "sr": "stage 2, 256³"}[stage]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for sampler, style in zip(SAMPLERS, ("o-", "s-")):
-        mae = [summary[f"{sampler}@{n}"]["mae_ct"] for n in steps]
-        dice = [np.mean([summary[f"{sampler}@{n}"][f"dice_{m}"] for m in ("lobe", "airway", "vessel")]) for n in steps]
-        axes[0].plot(steps, mae, style, label=sampler)
-        axes[1].plot(steps, dice, style, label=sampler)
-    axes[0].set(xlabel="network evaluations (stage 1)", ylabel="CT mean |difference| (network units)", yscale="log")
-    axes[1].set(xlabel="network evaluations (stage 1)", ylabel="mean Dice (lobe, airway, vessel)")
+    for variant, style in zip(variants, ("o-", "o--", "s-", "s--")):
+        mae = [summary[f"{variant}@{n}"]["mae_ct"] for n in steps]
+        dice = [summary[f"{variant}@{n}"]["dice_lobe"] for n in steps]
+        axes[0].plot(steps, mae, style, label=variant)
+        axes[1].plot(steps, dice, style, label=variant)
+    axes[0].set(xlabel=f"network evaluations ({label})", ylabel="CT mean |difference| (network units)", yscale="log")
+    axes[1].set(xlabel=f"network evaluations ({label})", ylabel="lobe Dice (mean of five lobes)")
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle(f"Stage 1 against a {reference}-step DDIM reference (demo weights, same starting noise)")
+    figure.suptitle(f"{label.capitalize()} against a {reference}-step DDIM reference (demo weights, same noise)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 

@@ -115,3 +115,32 @@ def test_guidance_and_official_conventions_work_with_the_solver():
     assert len(official.timesteps) == 6  # the official loop's extra evaluation at t = 0
     with pytest.raises(ValueError, match="sampler must be one of ddim, dpmpp_2m"):
         get_scheduler("unipc")
+
+
+def test_logsnr_grid_has_equal_log_snr_steps_and_exact_ends():
+    """The solver's default grid: equal steps in lambda from t = 1 to t = 0 (the clamp of the cosine schedule at
+    t = 1 left aside), times decreasing from 1000 to 0 exactly; DDIM keeps the official uniform grid, and either
+    scheduler takes either grid."""
+    solver = ContinuousDPMSolverScheduler()
+    assert solver.timestep_spacing == "logsnr" and ContinuousDDIMScheduler().timestep_spacing == "uniform"
+    for steps in (1, 2, 7, 17, 50):
+        solver.set_timesteps(steps)
+        grid = solver.time_grid
+        assert len(grid) == steps + 1 and grid[0] == 1000.0 and grid[-1] == 0.0
+        assert bool((grid[1:] < grid[:-1]).all())
+        gaps = solver.log_snr(grid.double()).diff()
+        torch.testing.assert_close(gaps, torch.full_like(gaps, float(gaps.mean())), rtol=2e-3, atol=0)
+    # the last evaluation sits far closer to t = 0 than on the uniform grid: sigma 0.02 rather than 0.10 at 17 steps
+    solver.set_timesteps(17)
+    uniform = ContinuousDPMSolverScheduler(timestep_spacing="uniform")
+    uniform.set_timesteps(17)
+    last, last_uniform = ((1 - s.alpha_bar(s.timesteps[-1])).sqrt() for s in (solver, uniform))
+    assert float(last) < 0.03 and float(last_uniform) > 0.09
+    ddim = ContinuousDDIMScheduler(timestep_spacing="logsnr")
+    ddim.set_timesteps(17)
+    torch.testing.assert_close(ddim.time_grid, solver.time_grid)
+    official = get_scheduler("dpmpp_2m", MEDSYN_OFFICIAL)
+    official.set_timesteps(4)
+    assert official.timesteps[-1] == 0.0 and len(official.timesteps) == 5  # the extra evaluation at t = 0 kept
+    with pytest.raises(ValueError, match="timestep_spacing must be one of uniform, logsnr, got 'karras'"):
+        ContinuousDDIMScheduler(timestep_spacing="karras")

@@ -354,7 +354,7 @@ def test_sampler_per_stage_is_chosen_and_recorded(runner, tmp_path):
     (ddim,) = runner(tmp_path / "ddim").generate(prompt=REPORT, seed=3)
     (dpm,) = runner(tmp_path / "dpm", sampler_lowres="dpmpp_2m", sampler_sr="dpmpp_2m").generate(prompt=REPORT, seed=3)
     sidecar = json.loads(dpm["json"].read_text())
-    assert (sidecar["sampler_lowres"], sidecar["sampler_sr"]) == ("dpmpp_2m", "dpmpp_2m")
+    assert (sidecar["sampler_lowres"], sidecar["sampler_sr"]) == ("dpmpp_2m (logsnr grid)",) * 2
     assert json.loads(ddim["json"].read_text())["sampler_lowres"] == "ddim"
     assert not np.array_equal(
         np.asarray(nib.load(str(ddim["ct"])).dataobj), np.asarray(nib.load(str(dpm["ct"])).dataobj)

@@ -12,6 +12,8 @@ It knows the maths of the noise process and nothing about the network (as diffus
 - sampling is deterministic (MONAI's ``eta=0``): there is no ``eta`` and no generator in ``step``;
 - ``step`` accepts the next timestep explicitly (like MONAI's ``RFlowScheduler``); left out, it is read off the
   grid made by ``set_timesteps``, so MONAI's ``DiffusionInferer.sample`` loop can drive it too;
+- the grid is uniform in time (``timestep_spacing="uniform"``, the official loop's) or uniform in log-SNR
+  (``"logsnr"``, the grid DPM-Solver was designed for: it spends the steps where the signal emerges, near t = 0);
 - ``set_alpha_to_one=True`` (default, as in MONAI): the step landing on t = 0 returns x̂0 itself, so N steps are
   N network evaluations and the final sample is exactly the clipped prediction (which keeps fixed channels exact).
   ``False`` reproduces the official MedSyn sampler: the step to t = 0 uses ``alpha_bar(0)`` and the network is
@@ -57,6 +59,9 @@ class ContinuousDDIMScheduler:
         clip_sample_max: upper clip value, default 1.
         set_alpha_to_one: the step to t = 0 returns x̂0 (True, default); False evaluates the network again at t = 0
             like the official MedSyn sampler (see the module docstring).
+        timestep_spacing: ``"uniform"`` in time (DDIM's default, the official grid) or ``"logsnr"``, uniform in
+            ``lambda = log(sqrt(alpha_bar / (1 - alpha_bar)))`` between its values at t = 1 and t = 0; default: the
+            class's ``default_timestep_spacing``.
         schedule_args: keyword arguments passed to the schedule function (e.g. ``s`` of the cosine schedule).
 
     Example::
@@ -68,6 +73,8 @@ class ContinuousDDIMScheduler:
             x, x0_hat = scheduler.step(denoise(x, t.expand(len(x))), t, x, t_next)
     """
 
+    default_timestep_spacing = "uniform"
+
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -76,10 +83,17 @@ class ContinuousDDIMScheduler:
         clip_sample_min: float = -1.0,
         clip_sample_max: float = 1.0,
         set_alpha_to_one: bool = True,
+        timestep_spacing: str | None = None,
         **schedule_args,
     ) -> None:
         if num_train_timesteps <= 0:
             raise ValueError(f"num_train_timesteps must be positive, got {num_train_timesteps}")
+        timestep_spacing = timestep_spacing or self.default_timestep_spacing
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {timestep_spacing!r}"
+            )
+        self.timestep_spacing = timestep_spacing
         if clip_sample and clip_sample_min >= clip_sample_max:
             raise ValueError(f"clip_sample_min must be below clip_sample_max, got {clip_sample_min}, {clip_sample_max}")
         self.num_train_timesteps = num_train_timesteps
@@ -116,14 +130,30 @@ class ContinuousDDIMScheduler:
         dtype = torch.promote_types(timesteps.dtype, torch.float32)
         return self._alpha_bar_fn(timesteps.to(dtype) / self.num_train_timesteps, **self.schedule_args)
 
-    def _alpha_bar_like(self, timesteps: torch.Tensor | float, sample: torch.Tensor) -> torch.Tensor:
-        """``alpha_bar`` broadcastable against ``sample``: a scalar, or (B,) reshaped to (B, 1, ..., 1)."""
+    @staticmethod
+    def _per_sample(timesteps: torch.Tensor | float, sample: torch.Tensor) -> torch.Tensor:
+        """``timesteps`` checked against ``sample``: a scalar, or one per batch item (B,)."""
         timesteps = torch.as_tensor(timesteps, device=sample.device)
         if timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.numel() not in (1, sample.shape[0])):
             raise ValueError(
                 f"timesteps must be a scalar or have shape (B,) with B={sample.shape[0]}, got {tuple(timesteps.shape)}"
             )
-        return unsqueeze_right(self.alpha_bar(timesteps), sample.ndim).to(sample.dtype)
+        return timesteps
+
+    def _alpha_bar_like(self, timesteps: torch.Tensor | float, sample: torch.Tensor) -> torch.Tensor:
+        """``alpha_bar`` broadcastable against ``sample``: a scalar, or (B,) reshaped to (B, 1, ..., 1)."""
+        alpha_bar = self.alpha_bar(self._per_sample(timesteps, sample))
+        return unsqueeze_right(alpha_bar, sample.ndim).to(sample.dtype)
+
+    def _log_snr_like(self, timesteps: torch.Tensor | float, sample: torch.Tensor) -> torch.Tensor:
+        """``log_snr`` broadcastable against ``sample``, float64."""
+        return unsqueeze_right(self.log_snr(self._per_sample(timesteps, sample)), sample.ndim)
+
+    def log_snr(self, timesteps: torch.Tensor | float) -> torch.Tensor:
+        """``lambda = log(alpha / sigma) = 0.5 log(alpha_bar / (1 - alpha_bar))`` at network-unit ``timesteps``, in
+        float64 (its differences are step sizes of the solvers)."""
+        alpha_bar = self.alpha_bar(timesteps).to(torch.float64)
+        return 0.5 * (alpha_bar.log() - torch.log1p(-alpha_bar))
 
     # --- training ----------------------------------------------------------------------------------------------
 
@@ -146,9 +176,9 @@ class ContinuousDDIMScheduler:
     # --- sampling ----------------------------------------------------------------------------------------------
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Make the uniform sampling grid from t = 1 to t = 0 in network units.
+        """Make the sampling grid from t = 1 to t = 0 in network units, spaced by ``timestep_spacing``.
 
-        Sets ``time_grid`` (``num_inference_steps + 1`` values, e.g. 1000, 980, ..., 20, 0 for 50 steps),
+        Sets ``time_grid`` (``num_inference_steps + 1`` values, e.g. 1000, 980, ..., 20, 0 for 50 uniform steps),
         ``timesteps`` (where the network is evaluated, as in MONAI: the grid without its final 0, or the whole grid
         when ``set_alpha_to_one`` is False) and ``next_timesteps`` (the target of each step, same length).
 
@@ -160,13 +190,36 @@ class ContinuousDDIMScheduler:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         # integer multiples in float64 keep grid points such as 980 exact
         steps = torch.arange(num_inference_steps, -1, -1, dtype=torch.float64)
-        grid = (steps * (self.num_train_timesteps / num_inference_steps)).to(device=device, dtype=torch.float32)
+        if self.timestep_spacing == "logsnr":
+            grid = self._logsnr_times(num_inference_steps)
+        else:
+            grid = steps * (self.num_train_timesteps / num_inference_steps)
+        grid = grid.to(device=device, dtype=torch.float32)
         self.num_inference_steps = num_inference_steps
         self.time_grid = grid
         if self.set_alpha_to_one:
             self.timesteps, self.next_timesteps = grid[:-1], grid[1:]
         else:  # one more evaluation at t = 0, whose step returns x̂0
             self.timesteps, self.next_timesteps = grid, torch.cat([grid[1:], grid[-1:]])
+
+    def _logsnr_times(self, num_inference_steps: int) -> torch.Tensor:
+        """``num_inference_steps + 1`` network-unit times from T to 0, equally spaced in log-SNR, float64.
+
+        The schedule is inverted numerically (any registered ``alpha_bar`` decreasing in t), by linear interpolation
+        in a table of 100 001 times; where a clamp of the schedule makes lambda flat (t near 1) the table keeps the
+        first time of the flat part, and the ends of the grid are T and 0 exactly.
+        """
+        times = torch.linspace(0.0, float(self.num_train_timesteps), 100_001, dtype=torch.float64)
+        lam = self.log_snr(times)
+        keep = torch.ones_like(lam, dtype=torch.bool)
+        keep[1:] = lam[1:] < lam[:-1]
+        times, lam = times[keep].flip(0), lam[keep].flip(0)  # lambda increasing
+        targets = torch.linspace(float(lam[0]), float(lam[-1]), num_inference_steps + 1, dtype=torch.float64)
+        right = torch.searchsorted(lam, targets).clamp(1, len(lam) - 1)
+        weight = (targets - lam[right - 1]) / (lam[right] - lam[right - 1])
+        grid = times[right - 1] + weight * (times[right] - times[right - 1])
+        grid[0], grid[-1] = float(self.num_train_timesteps), 0.0
+        return grid
 
     def next_timestep(self, timestep: torch.Tensor | float) -> torch.Tensor:
         """The target of the step from ``timestep`` on the grid made by :meth:`set_timesteps`.
@@ -248,10 +301,14 @@ class ContinuousDPMSolverScheduler(ContinuousDDIMScheduler):
     network evaluations it follows the probability-flow ODE to second order where DDIM is first order; a fixed
     channel, whose x̂0 is the same at every step, stays exact.
 
-    The grid, the clipping, ``set_alpha_to_one`` (the step to t = 0 returns x̂0) and the interface are the DDIM
-    scheduler's; the only state is the previous step's x̂0 and ``h``, cleared by :meth:`set_timesteps`. Steps must
-    therefore run in order, once each, as a sampling loop does.
+    The grid is uniform in log-SNR by default (``timestep_spacing="logsnr"``, as in Lu et al.): on the cosine
+    schedule a uniform-time grid leaves one long last step from sigma ≈ 0.1 (17 steps) to 0, which dominates the
+    error whatever the solver's order (docs/benchmarks.md). The clipping, ``set_alpha_to_one`` (the step to t = 0
+    returns x̂0) and the interface are the DDIM scheduler's; the only state is the previous step's x̂0 and ``h``,
+    cleared by :meth:`set_timesteps`. Steps must therefore run in order, once each, as a sampling loop does.
     """
+
+    default_timestep_spacing = "logsnr"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -261,10 +318,6 @@ class ContinuousDPMSolverScheduler(ContinuousDDIMScheduler):
         super().set_timesteps(num_inference_steps, device)
         self._previous = None
 
-    def _log_snr(self, timestep: torch.Tensor | float, sample: torch.Tensor) -> torch.Tensor:
-        alpha_bar = self._alpha_bar_like(timestep, sample).to(torch.float64)
-        return 0.5 * (alpha_bar.log() - torch.log1p(-alpha_bar))
-
     def _update(
         self,
         pred_x0: torch.Tensor,
@@ -273,19 +326,19 @@ class ContinuousDPMSolverScheduler(ContinuousDDIMScheduler):
         next_timestep: torch.Tensor | float,
     ) -> torch.Tensor:
         """The DPM-Solver++(2M) update (the class docstring); the clipping and the final step are the DDIM step's."""
-        lam, lam_next = self._log_snr(timestep, sample), self._log_snr(next_timestep, sample)
-        h = lam_next - lam
+        alpha_bar, alpha_bar_next = self._alpha_bar_like(timestep, sample), self._alpha_bar_like(next_timestep, sample)
+        h = self._log_snr_like(next_timestep, sample) - self._log_snr_like(timestep, sample)
         data = pred_x0
         if self._previous is not None:
             previous_x0, previous_h = self._previous
             half_over_r = (0.5 * h / previous_h).to(sample.dtype)
             data = (1.0 + half_over_r) * pred_x0 - half_over_r * previous_x0
         self._previous = (pred_x0, h)
-        alpha_bar, alpha_bar_next = self._alpha_bar_like(timestep, sample), self._alpha_bar_like(next_timestep, sample)
         sigma_ratio = ((1.0 - alpha_bar_next) / (1.0 - alpha_bar)).sqrt()
         return sigma_ratio * sample - alpha_bar_next.sqrt() * torch.expm1(-h).to(sample.dtype) * data
 
 
+TIMESTEP_SPACINGS = ("uniform", "logsnr")
 SCHEDULERS = {"ddim": ContinuousDDIMScheduler, "dpmpp_2m": ContinuousDPMSolverScheduler}
 
 

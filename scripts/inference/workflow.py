@@ -28,7 +28,7 @@ from scripts.conventions import LOWRES_FACTOR, SEGMENTATION_LABELS
 from scripts.data.auto3dseg import DATALIST_FILE, absent_label_classes, write_data_source
 from scripts.data.io import OutputExistsError, check_output_folder, json_text, write_json
 from scripts.data.transforms import build_channel_preprocessing
-from scripts.diffusion import PRECISIONS, SCHEDULERS, get_scheduler
+from scripts.diffusion import PRECISIONS, SCHEDULERS, ContinuousDDIMScheduler, get_scheduler
 from scripts.engines.distributed import local_device, process_rank, wait_for_all_ranks
 from scripts.inference.cascade import load_cascade
 from scripts.inference.pipeline import MedSynPipeline
@@ -40,6 +40,12 @@ logger = logging.getLogger(__name__)
 FIXED_INPUTS = {"image": "ct", "lobe": "lobe", "airway": "airway", "vessel": "vessel"}  # CLI key → channel
 
 DATASET_NAME = "MedSyn-MONAI synthetic chest CT"  # the "name" of the datalist.json synthesize writes
+
+
+def _sampler_record(name: str, scheduler: ContinuousDDIMScheduler) -> str:
+    """The sampler as a sidecar records it: its name, with its grid where that is not the official uniform one
+    (``"dpmpp_2m (logsnr grid)"``), so samples of another grid are not taken for this request's."""
+    return name if scheduler.timestep_spacing == "uniform" else f"{name} ({scheduler.timestep_spacing} grid)"
 
 
 class InferenceRunner:
@@ -158,12 +164,13 @@ class InferenceRunner:
             sr_scheduler=get_scheduler(self.sampler_sr, self.conventions),
             precision=self.precision,
         )
+        pipeline = self._pipeline
         self.settings = {
             "guidance_scale": self.guidance_scale,
             "steps_lowres": self.steps_lowres,
             "steps_sr": self.steps_sr if sr is not None else None,
-            "sampler_lowres": self.sampler_lowres,
-            "sampler_sr": self.sampler_sr if sr is not None else None,
+            "sampler_lowres": _sampler_record(self.sampler_lowres, pipeline.scheduler),
+            "sampler_sr": _sampler_record(self.sampler_sr, pipeline.sr_scheduler) if sr is not None else None,
             "precision": self.precision,
         }
         self._writer = SampleWriter(
