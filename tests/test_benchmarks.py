@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks import bench_networks as bench
@@ -27,3 +29,20 @@ def test_one_case_measures_only_the_steps_asked_and_the_table_shows_both_kinds()
     rows = bench._table([{**result, "gflop": 2.0}, failed]).splitlines()
     assert rows[2].startswith("| ours | 7.80M | 16³ | cpu | 2.0 |") and rows[2].count("| - |") == 1
     assert "out of memory" in rows[3]
+
+
+def test_gpu_suite_runs_sampling_and_training_cases_on_tiny_networks(tmp_path):
+    from benchmarks import gpu_suite
+
+    cases = ["bf16_dpmpp_17_7", "train_lowres_bf16", "train_sr_bf16"]
+    assert gpu_suite.main(["--out", str(tmp_path), "--tiny", "--cases", *cases]) == 0
+    report = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert report["preset"] == "tiny" and [case["case"] for case in report["cases"]] == cases
+    sampling, lowres, sr = report["cases"]
+    assert sampling["network_evaluations"] == [17, 7] and sampling["seconds"] > 0 and sampling["write_s"] >= 0
+    assert lowres["size"] == list(gpu_suite.TINY_SIZES["lowres"]) and lowres["step_s"] > 0
+    assert sr["stage"] == "sr" and sr["volumes_per_s"] > 0
+    assert gpu_suite.main(["--out", str(tmp_path), "--tiny", "--cases", "bf16_ddim", "--budget_s", "0"]) == 0
+    assert json.loads((tmp_path / "gpu_suite.json").read_text())["cases"] == [
+        {"case": "bf16_ddim", "skipped": "time budget spent"}
+    ]

@@ -20,6 +20,7 @@ from scripts.diffusion import (
     sample_ddim,
     upsample_nearest,
 )
+from scripts.inference.pipeline import MedSynPipeline
 
 SHAPE = (2, 4, 4, 8, 8)
 HIDDEN = 8
@@ -140,6 +141,33 @@ def test_guidance_follows_the_formula(context, batch_branches, calls):
     guided = ClassifierFreeGuidance(net, context, 3.0, batch_branches=batch_branches)(x, t)
     assert net.calls == calls
     torch.testing.assert_close(guided, null + 3.0 * (cond - null), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch_guidance, calls", [(True, [2]), (False, [1, 1])])
+def test_pipeline_batches_the_guidance_branches_unless_told_not_to(context, batch_guidance, calls):
+    net = FakeTextNet()
+    pipeline = MedSynPipeline(
+        net,
+        text_encoder=lambda texts: context[:1],
+        lowres_size=SHAPE[2:],
+        lowres_steps=3,
+        guidance_scale=3.0,
+        batch_guidance=batch_guidance,
+        device="cpu",
+        progress=False,
+    )
+    sample = pipeline("a report", seed=0).lowres
+    assert net.calls == calls * 3
+    expected = MedSynPipeline(
+        FakeTextNet(),
+        text_encoder=lambda texts: context[:1],
+        lowres_size=SHAPE[2:],
+        lowres_steps=3,
+        guidance_scale=3.0,
+        device="cpu",
+        progress=False,
+    )("a report", seed=0).lowres
+    torch.testing.assert_close(sample, expected, atol=1e-6, rtol=0)
 
 
 def test_guidance_scale_zero_is_the_null_prediction(context):

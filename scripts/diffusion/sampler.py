@@ -45,7 +45,7 @@ def ddim_sample_loop(
     progress: bool = True,
     callback: Callable[[SamplerStep], None] | None = None,
 ) -> torch.Tensor:
-    """Run deterministic DDIM from the given starting noise x_1 down to t = 0.
+    """Run the scheduler's deterministic sampler (DDIM by default) from the starting noise x_1 down to t = 0.
 
     Args:
         denoise: ``denoise(x_t, timesteps) -> x̂0`` with x_t (B, C, *spatial) and timesteps (B,) float in network
@@ -65,7 +65,7 @@ def ddim_sample_loop(
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
     pairs = list(zip(scheduler.timesteps, scheduler.next_timesteps))
     x = noise
-    for i, (t, t_next) in enumerate(tqdm(pairs, desc="DDIM", disable=not progress, leave=False)):
+    for i, (t, t_next) in enumerate(tqdm(pairs, desc=scheduler.display_name, disable=not progress, leave=False)):
         x0_hat = denoise(x, t.expand(x.shape[0]))
         x, x0_hat = scheduler.step(x0_hat, t, x, t_next)
         if callback is not None:

@@ -74,6 +74,7 @@ class ContinuousDDIMScheduler:
     """
 
     default_timestep_spacing = "uniform"
+    display_name = "DDIM"  # progress bars and logs
 
     def __init__(
         self,
@@ -309,6 +310,7 @@ class ContinuousDPMSolverScheduler(ContinuousDDIMScheduler):
     """
 
     default_timestep_spacing = "logsnr"
+    display_name = "DPM-Solver++(2M)"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

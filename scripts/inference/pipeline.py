@@ -59,6 +59,8 @@ class MedSynPipeline:
         lowres_steps: DDIM steps of stage 1 (MedSyn: 50).
         sr_steps: DDIM steps of stage 2 (MedSyn: 20).
         guidance_scale: classifier-free guidance scale, 1 = plain conditional sampling (MedSyn's default).
+        batch_guidance: with guidance, run the conditional and null branches in one forward pass of batch 2
+            (default; faster on a GPU); False runs them one after the other, for half the stage-1 activation memory.
         sr_roi_size: tile (D, H, W) for memory-bounded stage 2 (-1 = whole axis); None runs the whole volume (as the
             official code does); ``"auto"`` the whole volume when the device has room, else slabs (:func:`auto_tile`).
         sr_overlap: tile overlap fraction.
@@ -81,6 +83,7 @@ class MedSynPipeline:
         lowres_steps: int = 50,
         sr_steps: int = 20,
         guidance_scale: float = 1.0,
+        batch_guidance: bool = True,
         sr_roi_size: Sequence[int] | str | None = None,
         sr_overlap: float = 0.25,
         device: str | torch.device | None = None,
@@ -102,6 +105,7 @@ class MedSynPipeline:
         self.lowres_size = tuple(int(s) for s in lowres_size)
         self.lowres_steps, self.sr_steps = int(lowres_steps), int(sr_steps)
         self.guidance_scale = float(guidance_scale)
+        self.batch_guidance = bool(batch_guidance)
         if isinstance(sr_roi_size, str) and sr_roi_size != "auto":
             raise ValueError(f"sr_roi_size must be a (D, H, W) tile, None or 'auto', got {sr_roi_size!r}")
         self.sr_roi_size = sr_roi_size if sr_roi_size in (None, "auto") else tuple(int(s) for s in sr_roi_size)
@@ -189,7 +193,7 @@ class MedSynPipeline:
         denoise = (
             NetworkDenoiser(self.lowres_network, None)
             if context is None
-            else ClassifierFreeGuidance(self.lowres_network, context, self.guidance_scale)
+            else ClassifierFreeGuidance(self.lowres_network, context, self.guidance_scale, self.batch_guidance)
         )
         denoise = self._autocast(denoise)
         if values is not None:

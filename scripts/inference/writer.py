@@ -40,7 +40,6 @@ from scripts.data.io import (
     write_json,
     write_nifti,
 )
-from scripts.visualization import save_montage
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +180,8 @@ class SampleWriter:
             self._write_dicom(sample_id, paths, arrays, affine, metadata)
         spacing = [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
         if self.png:
+            from scripts.visualization import save_montage  # matplotlib only where a PNG is asked for
+
             title = str(metadata.get("prompt") or "no report")
             masks = {name: arrays[name] for name in CHANNELS[1:]}
             save_montage(paths["png"], arrays["ct"], overwrite=True, masks=masks, spacing=spacing, title=title)
