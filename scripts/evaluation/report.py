@@ -14,6 +14,7 @@ import numpy as np
 from scripts.data.io import write_json, write_text
 from scripts.evaluation.adherence import study_markdown
 from scripts.evaluation.agreement import agreement_markdown
+from scripts.evaluation.anatomy_maps import maps_markdown
 from scripts.evaluation.anatomy_measures import MEASURES
 from scripts.evaluation.memorisation import audit_markdown
 from scripts.evaluation.segmentation import segmentation_markdown
@@ -82,6 +83,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "measures": ("Anatomy measures (paper Table 1)", _measures_md),
     "distances": ("Distribution distances (paper §IV-B; MAISI 2.5D FID)", _distances_md),
     "adherence": ("Prompt adherence (paper Tables 2-4, Fig. 5)", lambda r: study_markdown(r["pairs"])),
+    "maps": ("Generated anatomy maps: fractions, self-consistency, lobe order", maps_markdown),
     "segmentation": ("Segmentation by the joint model (paper Table 5)", segmentation_markdown),
     "memorisation": ("Memorisation audit", lambda r: audit_markdown(r)),
     "agreement": ("Classical measures against the phantom's truth", agreement_markdown),

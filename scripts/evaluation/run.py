@@ -2,7 +2,9 @@
 
 Parts (``PARTS``): ``measures`` (anatomy measures of every synthetic and real volume), ``fid`` (3D MedicalNet FID
 and MMD), ``fid_2p5d`` (MAISI's 2.5D FID), ``memorisation`` (audit against the training split), ``adherence``
-(prompt-pair study on a folder of generated volumes with prompt sidecars), ``segmentation`` (Dice of predicted masks
+(prompt-pair study on a folder of generated volumes with prompt sidecars), ``maps`` (the generated anatomy maps:
+voxel fractions against the training data's, Dice against the segmentation of the generated CT, lobe order),
+``segmentation`` (Dice of predicted masks
 against the datalist's masks), ``agreement`` (classical measures against the phantom's truth), ``ctclip`` (the
 CT-CLIP score of the VLM3D text-to-CT challenge: generated volumes against their reports and their real cases).
 Volumes are streamed: each is read once and every part that needs it takes what it needs.
@@ -23,6 +25,7 @@ from scripts.data.io import read_nifti, refuse_existing
 from scripts.evaluation import (
     adherence,
     agreement,
+    anatomy_maps,
     anatomy_measures,
     ctclip,
     data,
@@ -33,7 +36,7 @@ from scripts.evaluation import (
 )
 from scripts.evaluation.report import measures_summary, write_report
 
-PARTS = ("measures", "fid", "fid_2p5d", "memorisation", "adherence", "segmentation", "agreement", "ctclip")
+PARTS = ("measures", "fid", "fid_2p5d", "memorisation", "adherence", "maps", "segmentation", "agreement", "ctclip")
 DEFAULT_PARTS = ("measures", "fid", "fid_2p5d", "memorisation")
 
 
@@ -90,6 +93,10 @@ def _check_inputs(
     """Find the volumes the parts read, and check the first of each set is a CT, before any network is loaded: an
     empty folder, a missing datalist or split, or label maps posing as CTs fail in one line at once."""
     streamed = [p for p in parts if p in ("measures", "fid", "fid_2p5d", "memorisation")]
+    if "maps" in parts:
+        anatomy_maps.sample_files(synthetic_dir)
+        if real_datalist:  # "" or None: fractions without the training reference
+            data.datalist_items(real_datalist, training_split, max_volumes)
     if "ctclip" in parts:
         data.read_ct(data.synthetic_paths(synthetic_dir, synthetic_glob, max_volumes)[0])
         if real_datalist is not None:
@@ -175,14 +182,17 @@ def run_evaluation(
     Args:
         output_dir: where the report and figures go (existing files are kept unless ``overwrite``).
         parts: some of :data:`PARTS`.
-        synthetic_dir, synthetic_glob: generated CT files (``measures``, ``fid``, ``fid_2p5d``, ``memorisation``).
-        real_datalist, real_split, training_split: real volumes; ``real_split`` for the distances, measures and
+        synthetic_dir, synthetic_glob: generated CT files (``measures``, ``fid``, ``fid_2p5d``, ``memorisation``);
+            for ``maps`` the samples with the inference writer's sidecars in ``synthetic_dir``.
+        real_datalist, real_split, training_split: real volumes; ``training_split`` (with its maps) is also the
+            reference of ``maps`` (None: no reference); ``real_split`` for the distances, measures and
             segmentation references, ``training_split`` for the memorisation audit.
         max_volumes: read at most this many volumes per set (quick runs).
         medicalnet_weights, resnet2d_weights, large_files: weights (see :mod:`scripts.evaluation.features`).
         feature_size: resize volumes to this edge before the 3D network (None: as they are).
         slice_step: keep every n-th slice for the 2.5D FID.
-        backend: anatomy measure backend (``classical`` or ``totalsegmentator``).
+        backend: anatomy measure backend (``classical`` or ``totalsegmentator``); ``maps`` segments the generated
+            CTs with the mask backend of that name (:mod:`scripts.anatomy`).
         adherence_dir, prompt_pairs, adherence_num: the prompt study (pairs file: default the paper's three).
         segmentation_dir: predictions ``<dir>/<with_report|without_report>/<case id>/<mask>.nii.gz``.
         agreement_num, agreement_size: phantom cases for the ``agreement`` part.
@@ -205,6 +215,8 @@ def run_evaluation(
         _require(synthetic_dir, "synthetic_dir", part)
     for part in streamed + [p for p in parts if p == "segmentation"]:
         _require(real_datalist, "real_datalist", part)
+    if "maps" in parts:
+        _require(synthetic_dir, "synthetic_dir", "maps")
     if "ctclip" in parts:
         _require(synthetic_dir, "synthetic_dir", "ctclip")
         if random_weights:
@@ -316,6 +328,12 @@ def run_evaluation(
         figure = adherence.study_boxplot(study, output_dir / "adherence_boxplot.png", overwrite=overwrite)
         results["adherence"] = {"pairs": study, "figures": [figure]}
 
+    if "maps" in parts:
+        training = data.datalist_items(real_datalist, training_split, max_volumes) if real_datalist else None
+        results["maps"] = anatomy_maps.evaluate_maps(
+            synthetic_dir, training, backend=backend, limit=max_volumes, progress=progress
+        )
+
     if "segmentation" in parts:
         cases = []
         for item in data.datalist_items(real_datalist, real_split, max_volumes):
@@ -346,9 +364,9 @@ def run_evaluation(
 
     # the header names only the inputs the selected parts read (config defaults of unused inputs would mislead)
     header = {"parts": ", ".join(parts)}
-    if streamed or "ctclip" in parts:
+    if streamed or "ctclip" in parts or "maps" in parts:
         header["synthetic"] = f"{synthetic_dir} ({synthetic_glob})"
-    if streamed or "segmentation" in parts or ("ctclip" in parts and real_datalist):
+    if streamed or "segmentation" in parts or (("ctclip" in parts or "maps" in parts) and real_datalist):
         header["real"] = f"{real_datalist} ({real_split}; training split {training_split})"
     if measure_backend is not None:
         header["measure backend"] = measure_backend.name
