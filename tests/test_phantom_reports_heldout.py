@@ -1,0 +1,57 @@
+"""The held-out prompt pairs (configs/adherence_pairs_heldout.json) are written unlike anything the phantom's report
+writer produces, so an adherence study on them measures whether a model trained on phantom reports follows reports
+phrased another way."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from scripts.phantom.findings import _random_mix, _resolve
+from scripts.phantom.reports import write_report
+
+PAIRS = Path(__file__).resolve().parents[1] / "configs" / "adherence_pairs_heldout.json"
+_HEADER = re.compile(r"^[A-Za-z ]+:\s*")
+
+
+def _sentences(text: str) -> set[str]:
+    out = set()
+    for line in text.splitlines():
+        line = _HEADER.sub("", line.strip())
+        out.update(s.strip().lower().rstrip(".") for s in re.split(r"(?<=\.)\s+", line) if s.strip())
+    return out
+
+
+def _phantom_sentences(num: int = 400) -> set[str]:
+    rng = np.random.default_rng(0)
+    seen: set[str] = set()
+    for _ in range(num):
+        findings = [_resolve(f, rng) for f in _random_mix(rng)]
+        truth = {
+            "effusion_ml": {side: float(rng.choice([0.0, 150.0, 600.0, 1500.0])) for side in ("left", "right")},
+            "cardiothoracic_ratio": float(rng.uniform(0.4, 0.7)),
+        }
+        seen |= _sentences(write_report(findings, truth, rng))
+    return seen
+
+
+def test_no_sentence_of_the_held_out_pairs_is_one_the_phantom_writes():
+    pairs = json.loads(PAIRS.read_text())["pairs"]
+    phantom = _phantom_sentences()
+    assert len(phantom) > 60  # the writer's variety was sampled, not one template
+    for pair in pairs:
+        for key in ("finding", "negation"):
+            shared = _sentences(pair[key]) & phantom
+            assert not shared, f"{pair['name']} {key} repeats phantom sentences {sorted(shared)}"
+
+
+def test_the_held_out_findings_avoid_the_phantom_words_for_them():
+    pairs = {pair["name"]: pair for pair in json.loads(PAIRS.read_text())["pairs"]}
+    assert "pleural effusion" not in pairs["effusion_heldout"]["finding"].lower()
+    assert "cardiomegaly" not in pairs["cardiomegaly_heldout"]["finding"].lower()
+    for pair in pairs.values():  # a pair differs in the finding only: the same number of lines, most of them equal
+        finding, negation = pair["finding"].splitlines(), pair["negation"].splitlines()
+        assert len(finding) == len(negation) and sum(a != b for a, b in zip(finding, negation)) == 2
