@@ -142,17 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if args.plot:
-        _plot(summary, args.variants, steps_list, args.reference, args.stage, args.plot)
+        grid = "64³" if args.stage == "lowres" else f"{'×'.join(map(str, args.sr_crop))} of the 256³ grid"
+        _plot(
+            summary,
+            args.variants,
+            steps_list,
+            args.reference,
+            f"stage {1 if args.stage == 'lowres' else 2}, {grid}",
+            args.plot,
+        )
     return 0
 
 
-def _plot(summary: dict, variants: list[str], steps: list[int], reference: int, stage: str, path: str) -> None:
+def _plot(summary: dict, variants: list[str], steps: list[int], reference: int, label: str, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    label = {"lowres": "stage 1, 64³", "sr": "stage 2, 256³"}[stage]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for variant, style in zip(variants, ("o-", "o--", "s-", "s--")):
         mae = [summary[f"{variant}@{n}"]["mae_ct"] for n in steps]
