@@ -216,3 +216,23 @@ def test_prepare_batches_pass_the_channel_mask_with_the_target():
     assert torch.equal(target, batch["image"])
     with pytest.raises(KeyError, match="no key 'channel_mask'"):
         LowResPrepareBatch(channel_mask_key="channel_mask")(batch)
+
+
+def test_channel_weights_weigh_each_channels_mean_squared_error():
+    pred, x0 = volume(2, 4, 4, 4, 4, seed=1), volume(2, 4, 4, 4, 4, seed=2)
+    per_channel = (pred - x0).square().mean(dim=(0, 2, 3, 4))
+    weights = torch.tensor([1.0, 1.0, 20.0, 10.0])
+    loss = MaskedMSELoss(channel_weights=weights.tolist())
+    torch.testing.assert_close(loss(pred, x0), (weights * per_channel).sum() / weights.sum())
+    torch.testing.assert_close(MaskedMSELoss([1, 1, 1, 1])(pred, x0), torch.nn.functional.mse_loss(pred, x0))
+    mask = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1]])  # sample 0 has no airway or vessel maps
+    weight = mask * weights
+    expected = ((pred - x0).square() * weight[:, :, None, None, None]).sum() / (weight.sum() * 64)
+    torch.testing.assert_close(loss(pred, (x0, mask)), expected)
+    with pytest.raises(ValueError, match="3 weights, the prediction 4 channels"):
+        MaskedMSELoss([1, 1, 1])(pred, x0)
+    for bad in ([1, -1, 1, 1], [0, 0, 0, 0], [1, float("nan"), 1, 1]):
+        with pytest.raises(ValueError, match="channel_weights must be one finite weight >= 0 per channel"):
+            MaskedMSELoss(bad)
+    with pytest.raises(ValueError, match="or weighs 0"):
+        MaskedMSELoss([1, 1, 0, 0])(pred, (x0, torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, 1]])))

@@ -372,3 +372,18 @@ def test_warm_up_counts_optimizer_steps(config):
     parser.update({"lr_warmup_iterations": 3, "accumulation_steps": 2})
     assert parser.get_parsed_content("lr_scheduler#total_iters") == 6  # 3 optimizer steps of 2 iterations
     assert parser.get_parsed_content("lr_scheduler#start_factor") == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("config", [TRAIN, TRAIN_SR])
+def test_channel_loss_weights_reach_the_loss_and_default_to_plain_mse(config):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config)
+    assert parser.get_parsed_content("loss").channel_weights is None  # the official loss
+    parser.update({"channel_loss_weights": [1, 1, 20, 10]})
+    assert parser.get_parsed_content("loss", lazy=False).channel_weights.tolist() == [1, 1, 20, 10]
+    parser.update({"channel_loss_weights": [1, -1, 1, 1]})
+    with pytest.raises(RuntimeError) as raised:
+        parser.get_parsed_content("loss", lazy=False)
+    assert "channel_weights must be one finite weight >= 0 per channel" in causes(raised.value)
