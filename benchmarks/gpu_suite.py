@@ -90,14 +90,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _memory(device: torch.device) -> dict[str, float | None]:
-    """Peak GPU memory of the case, and what other cases' networks held when it started (part of the peak)."""
-    if device.type != "cuda":
-        return {"peak_gpu_memory_gb": None, "held_before_gb": None}
-    return {
-        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
-        "held_before_gb": round(torch.cuda.memory_allocated(device) / 2**30, 2),
-    }
+def _gpu_gb(measure, device: torch.device) -> float | None:
+    """``measure(device)`` (a ``torch.cuda`` memory counter) in GiB, None off the GPU. Cases report the peak and
+    what other cases' networks held when they started (``memory_allocated`` then; part of the peak)."""
+    return round(measure(device) / 2**30, 2) if device.type == "cuda" else None
 
 
 def run_sampling_case(
@@ -130,7 +126,7 @@ def run_sampling_case(
     times, write_s = [], 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    held = _memory(device)["held_before_gb"]
+    held = _gpu_gb(torch.cuda.memory_allocated, device)
     with attention:
         for run in range(2):
             _sync(device)
@@ -149,7 +145,7 @@ def run_sampling_case(
         "first_run_s": round(times[0], 2),
         "seconds": round(times[1], 2),
         "write_s": round(write_s, 2),
-        **_memory(device),
+        "peak_gpu_memory_gb": _gpu_gb(torch.cuda.max_memory_allocated, device),
         "held_before_gb": held,
     }
 
@@ -160,7 +156,7 @@ def run_training_case(name: str, preset: str, device: torch.device, context_dim:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    held = _memory(device)["held_before_gb"]
+    held = _gpu_gb(torch.cuda.memory_allocated, device)
     with torch.device(device):
         torch.manual_seed(0)
         network = build_network(preset, case.stage, use_checkpointing=case.checkpointing).train()
@@ -191,7 +187,7 @@ def run_training_case(name: str, preset: str, device: torch.device, context_dim:
         "size": list(size),
         "step_s": round(step_s, 3),
         "volumes_per_s": round(1 / step_s, 2),
-        **_memory(device),
+        "peak_gpu_memory_gb": _gpu_gb(torch.cuda.max_memory_allocated, device),
         "held_before_gb": held,
     }
 

@@ -130,7 +130,7 @@ def sample_files(folder: str | Path) -> list[tuple[str, dict[str, Path]]]:
     if not samples:
         raise FileNotFoundError(
             f"{folder}: no sample sidecars naming ct, lobe, airway and vessel files (the inference writer's "
-            "<id>.json); set maps_dir to a folder of generated samples"
+            "<id>.json); set synthetic_dir to a folder of generated samples"
         )
     return samples
 
