@@ -51,3 +51,54 @@ def test_bad_regions_fail_in_one_line():
         grow_tree(np.zeros((0, 3)), np.zeros(3), 1.0, 0)
     with pytest.raises(ValueError, match="radius"):
         grow_tree(np.ones((4, 3)), np.zeros(3), 0.0, 0)
+
+
+@pytest.fixture(scope="module")
+def subject():
+    from scripts.phantom.anatomy import Anatomy
+
+    return Anatomy.sample(np.random.default_rng(5))
+
+
+def _midpoints(segs):
+    return np.array([(np.array(s.p0) + np.array(s.p1)) / 2 for s in segs])
+
+
+def test_phantom_airways_reach_the_sixth_generation_in_every_lobe_and_arteries_run_beside_them(subject):
+    from scripts.phantom.trees import AIRWAY_MIN_RADIUS, airway_wall, build_trees
+
+    trees = build_trees(subject)
+    peripheral = [s for s in trees.airway if not s.central]
+    for lobe in range(1, 6):
+        in_lobe = [s for s in peripheral if s.lobe == lobe]
+        assert max(s.generation for s in in_lobe) >= 7, lobe
+        # generation 6 is still over a voxel across at 1.25 mm (Weibel: lumen diameter ~2.8 mm there)
+        assert min(2 * s.r0 for s in in_lobe if s.generation == 6) > 1.25
+    # division stops at the minimum radius: nothing beyond one division past it (~generation 8-10)
+    assert np.median([s.r0 for s in peripheral if s.generation == max(p.generation for p in peripheral)]) < (
+        AIRWAY_MIN_RADIUS
+    )
+    # each bronchus has an artery beside it, about one lumen + wall + artery away; the veins run elsewhere
+    bronchi = [s for s in peripheral if s.generation >= 3]
+    mid_b = _midpoints(bronchi)
+    for vessels, near in ((trees.artery, True), (trees.vein, False)):
+        mid_v = _midpoints([s for s in vessels if not s.central])
+        nearest = np.sqrt(((mid_b[:, None, :] - mid_v[None, :, :]) ** 2).sum(-1)).min(axis=1)
+        reach = np.array([2.1 * s.r0 + airway_wall(s.r0) + 0.3 for s in bronchi])
+        close = (nearest <= reach + 1.0).mean()
+        assert (close > 0.9) if near else (close < 0.5), (near, close)
+    # vessels branch further than the airways, out towards the pleura
+    assert len([s for s in trees.artery if not s.central]) > 2 * len(peripheral)
+    assert build_trees(subject) == trees  # nothing random
+
+
+def test_phantom_vessels_are_the_lungs_dominant_bright_structure():
+    from scripts.phantom import generate_case
+
+    case = generate_case(128, 3, findings="normal")
+    lungs = case.lobe > 0
+    vessel_fraction = case.vessel.sum() / lungs.sum()
+    assert 0.02 < vessel_fraction < 0.08, vessel_fraction  # CT: ~3-5 % of lung volume is vessel
+    # of what is brighter than -300 HU inside the lungs, most is vessel (the rest: bronchial walls)
+    bright = (case.ct_hu > -300) & lungs
+    assert (case.vessel.astype(bool) & bright).sum() > 0.6 * bright.sum()

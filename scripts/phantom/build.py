@@ -14,7 +14,7 @@ import numpy as np
 from .anatomy import Anatomy
 from .geometry import Grid, largest_component, tube_distance
 from .tissues import LUNG_TISSUES, Tissue, lut
-from .trees import Segment, Trees
+from .trees import Segment, Trees, airway_wall
 
 _LUNGISH = lut(Tissue.LUNG, Tissue.FISSURE)
 _NOT_BONE = ~lut(Tissue.BONE, Tissue.MARROW, Tissue.DISC, Tissue.CORD)
@@ -30,6 +30,9 @@ _CENTRAL_VESSEL_OK = ~lut(
 )
 _PERIPHERAL_OK = lut(Tissue.LUNG, Tissue.FISSURE, Tissue.PULM_VESSEL)
 _LUNG_LUT = lut(*LUNG_TISSUES)
+# peripheral tubes thinner than this fraction of a voxel are not drawn: on a coarse grid they would be widened to
+# a voxel and fill the lung (a 64³ airway tree of 220 mL instead of ~60), where real CT shows them not at all
+RESOLVED_FRACTION = 0.3
 
 
 @dataclass
@@ -185,12 +188,18 @@ def paint_tube(
     return box, mask
 
 
+def _resolved(segs: list[Segment], spacing: float) -> list[Segment]:
+    """The tubes a grid of this spacing shows: central ones and peripheral ones not thinner than
+    :data:`RESOLVED_FRACTION` of a voxel."""
+    return [s for s in segs if s.central or max(s.r0, s.r1) >= RESOLVED_FRACTION * spacing]
+
+
 def _airway(v: Volumes, segs: list[Segment]) -> None:
     """Airway lumen (air) with a wall of soft tissue; central airways lie in the mediastinum, the rest in lung."""
     # tubes thinner than about a voxel would fall between voxel centres and break the tree apart at coarse sizes
     min_r = 0.6 * v.grid.spacing
-    for seg in segs:
-        wall = max(1.0, 0.18 * max(seg.r0, seg.r1))
+    for seg in _resolved(segs, v.grid.spacing):
+        wall = airway_wall(max(seg.r0, seg.r1))
         outer = Segment(seg.p0, seg.p1, max(seg.r0, min_r) + wall, max(seg.r1, min_r) + wall, seg.central)
         allowed = _NOT_BONE & ~lut(Tissue.AIRWAY_LUMEN) if seg.central else _PERIPHERAL_OK
         paint_tube(v, outer, Tissue.AIRWAY_WALL, allowed)
@@ -203,7 +212,7 @@ def _airway(v: Volumes, segs: list[Segment]) -> None:
 def _vessels(v: Volumes, segs: list[Segment]) -> None:
     """Pulmonary arteries and veins: blood-density tubes, the vessel label where they are drawn."""
     min_r = 0.5 * v.grid.spacing
-    for seg in segs:
+    for seg in _resolved(segs, v.grid.spacing):
         allowed = _CENTRAL_VESSEL_OK if seg.central else _PERIPHERAL_OK
         hit = paint_tube(v, seg, Tissue.PULM_VESSEL, allowed, min_r)
         if hit is not None:

@@ -184,14 +184,15 @@ def generate_case(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     spec = _as_spec(findings)
     grid = Grid(size)
-    # independent streams: the body does not change when only the findings or the noise change
-    s_find, s_anat, s_tree, s_lesion, s_noise, s_report = (
+    # independent streams: the body does not change when only the findings or the noise change (the third drew
+    # the trees before they became space-filling, hence deterministic; kept so the others stay as they were)
+    s_find, s_anat, _, s_lesion, s_noise, s_report = (
         np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(6)
     )
     resolved = spec.resolve(s_find)
     ctr = next((f.parameters["target_ctr"] for f in resolved if f.type == "cardiomegaly"), None)
     anat = Anatomy.sample(s_anat, ctr=ctr)
-    trees = build_trees(anat, s_tree)
+    trees = build_trees(anat)
     v = build_volumes(anat, trees, grid)
     apply_findings(v, resolved, s_lesion)
     airway = finalise_airway(v)

@@ -1,21 +1,28 @@
 """Branching tubes: the airway tree, the pulmonary arteries and veins, and the great vessels (mm, RAS).
 
 Trees are lists of straight segments built without any voxel grid (they ask the analytic :class:`Anatomy`
-which lobe a point lies in), so one subject has the same trees at every array size. Central segments
+which lobe a point lies in), so one subject has the same trees at every array size. Inside the lobes they are
+space-filling trees (:mod:`.space_filling`, after Kitaoka et al. 1999). Central segments
 (trachea, main bronchi, hilar vessels, aorta) lie in the mediastinum and push the lung aside; peripheral
 segments lie inside a lobe and keep its label.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .anatomy import Anatomy
+from .space_filling import Branch, grow_tree, unit
 
-AIRWAY_GENERATIONS = 4  # generations grown inside each lobe after the lobar bronchus
-VESSEL_GENERATIONS = 5  # vessels branch further than airways
+# radii at which division stops (mm): airways near generation 8-9 (Weibel's lumen radius there is ~0.9 mm),
+# vessels further, which is why the lung window shows vessels out to the pleura and airways only centrally
+AIRWAY_MIN_RADIUS = 0.8
+VESSEL_MIN_RADIUS = 0.5
+ARTERY_TO_BRONCHUS = 1.1  # artery / companion bronchus lumen radius (a ratio above ~1.5 reads as bronchiectasis)
+LATTICE_MM = 5.0  # spacing of the points that stand for a lobe's volume when its trees are grown
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,8 @@ class Segment:
     Args:
         central: lies in the mediastinum / hilum: the lung is carved away around it.
         lobe: lobe (1..5) the segment feeds, 0 for central ones.
+        generation: branching generation (trachea 0, main bronchi 1, lobar 2, segmental 3, ...); 0 for the
+            great vessels.
     """
 
     p0: tuple[float, float, float]
@@ -33,6 +42,7 @@ class Segment:
     r1: float
     central: bool = False
     lobe: int = 0
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,9 +59,9 @@ class Trees:
         return {k: len(getattr(self, k)) for k in ("airway", "artery", "vein", "aorta", "oesophagus")}
 
 
-def lobe_centroids(anat: Anatomy, step: float = 8.0) -> dict[int, np.ndarray]:
-    """Approximate centroid (mm) of each lobe, from the analytic lobes sampled on a coarse lattice."""
-    ax = np.arange(-160, 160 + step, step, dtype=np.float32)
+def lobe_points(anat: Anatomy, step: float = LATTICE_MM) -> dict[int, np.ndarray]:
+    """The points (N, 3), mm, of a ``step``-mm lattice that fall in each lobe (1..5) of the analytic lungs."""
+    ax = np.arange(-160, 160 + step, step, dtype=np.float64)
     x, y, z = ax[:, None, None], ax[None, :, None], ax[None, None, :]
     lobes = anat.lobe_of(x, y, z)
     out = {}
@@ -59,127 +69,109 @@ def lobe_centroids(anat: Anatomy, step: float = 8.0) -> dict[int, np.ndarray]:
         idx = np.argwhere(lobes == label)
         if len(idx) == 0:
             raise RuntimeError(f"phantom subject has no lobe {label}; anatomy parameters out of range: {anat}")
-        out[label] = ax[idx].mean(axis=0).astype(np.float64)
+        out[label] = ax[idx]
     return out
 
 
-def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # np.cross costs ~20 µs on 3-vectors (axis handling); this is called thousands of times per case
-    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+def _inside(anat: Anatomy, lobe: int) -> Callable[[np.ndarray], bool]:
+    return lambda point: anat.lobe_at(point) == lobe
 
 
-def _rotate(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
-    """Rodrigues rotation of ``v`` about the unit vector ``axis``."""
-    c, s = np.cos(angle), np.sin(angle)
-    return v * c + _cross(axis, v) * s + axis * float(axis @ v) * (1 - c)
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.sqrt(v @ v)), 1e-9)
-
-
-def _perpendicular(d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return _unit(_cross(d, _unit(rng.standard_normal(3))))
-
-
-def _grow(
-    anat: Anatomy,
-    rng: np.random.Generator,
-    out: list[Segment],
-    start: np.ndarray,
-    direction: np.ndarray,
-    length: float,
-    radius: float,
-    lobe: int,
-    generations: int,
-    pull: np.ndarray,
-) -> None:
-    """Add a segment from ``start`` and, recursively, two daughters per bifurcation, staying inside ``lobe``.
-
-    A segment whose end or middle would leave its lobe is shortened once, then dropped, so trees fill their
-    lobes without crossing fissures or the pleura.
-    """
-    for scale in (1.0, 0.55):
-        end = start + direction * length * scale
-        if anat.lobe_at(end) == lobe and anat.lobe_at((start + end) / 2) == lobe:
-            break
-    else:
-        return
-    r_end = radius * 0.92
-    out.append(Segment(tuple(start), tuple(end), radius, r_end, False, lobe))
-    if generations == 0:
-        return
-    # daughters diverge in a plane turned at random about the parent (airway bifurcation planes alternate)
-    axis = _perpendicular(direction, rng)
-    towards = _unit(pull - end)
-    for sign, shrink in ((1, rng.uniform(0.74, 0.86)), (-1, rng.uniform(0.62, 0.78))):
-        angle = sign * np.deg2rad(rng.uniform(22, 42))
-        child = _unit(_rotate(direction, axis, angle) + 0.25 * towards)
-        _grow(anat, rng, out, end, child, length * rng.uniform(0.72, 0.88), r_end * shrink, lobe, generations - 1, pull)
-
-
-def _lobar(
-    anat: Anatomy,
-    rng: np.random.Generator,
-    out: list[Segment],
-    root: np.ndarray,
-    lobe: int,
-    centroid: np.ndarray,
-    radius: float,
-    generations: int,
-) -> None:
-    """A lobar branch from a hilar ``root`` towards the lobe's centroid, then its tree inside the lobe."""
-    to_c = centroid - root
-    dist = float(np.linalg.norm(to_c))
-    direction = _unit(to_c)
-    # the lobar stem reaches into the lobe (its first point inside) before branching
-    entry = root
+def _stem(anat: Anatomy, root: np.ndarray, lobe: int, towards: np.ndarray) -> np.ndarray:
+    """Where a hilar ``root`` heading for ``towards`` has entered ``lobe`` by 3 mm (the end of a lobar stem)."""
+    path = towards - root
+    entry = towards
     for t in np.linspace(0.0, 1.0, 41):
-        entry = root + to_c * t
+        entry = root + path * t
         if anat.lobe_at(entry) == lobe:
             break
-    entry = entry + direction * 3.0
-    out.append(Segment(tuple(root), tuple(entry), radius, radius * 0.95, True, 0))
-    _grow(anat, rng, out, entry, direction, max(0.32 * dist, 12.0), radius * 0.95, lobe, generations, centroid)
+    return entry + unit(path) * 3.0
 
 
-def _targets(rng: np.random.Generator, centroid: np.ndarray, count: int) -> list[np.ndarray]:
-    """Aim points scattered about a lobe's centroid, one per segmental stem, so stems fan out over the lobe."""
-    return [centroid + rng.uniform(-28, 28, 3) for _ in range(count)]
+def _segments(branches: list[Branch], lobe: int) -> list[Segment]:
+    return [Segment(b.start, b.end, b.radius, b.radius, False, lobe, b.generation) for b in branches]
 
 
-def build_trees(anat: Anatomy, rng: np.random.Generator) -> Trees:
-    """Draw the airway tree, pulmonary arteries and veins, aorta and oesophagus of one subject."""
+def _beside(direction: np.ndarray, distance: float) -> np.ndarray:
+    """An offset of ``distance`` mm across ``direction``, on its superior side (on its anterior side when
+    ``direction`` is vertical): where the companion artery of a bronchus runs."""
+    for reference in (np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 0.0])):
+        across = reference - direction * float(direction @ reference)
+        if across @ across > 0.05:
+            return unit(across) * distance
+    raise AssertionError("unreachable: a direction cannot be parallel to two orthogonal axes")
+
+
+def _artery_along(anat: Anatomy, bronchi: list[Branch], start: np.ndarray, lobe: int) -> list[Segment]:
+    """The pulmonary artery of one lobe: beside every bronchus of its tree (from ``start``, the end of the lobar
+    artery's stem), then on past each terminal bronchus as a space-filling tree of the region it supplies."""
+    inside = _inside(anat, lobe)
+    ends: list[np.ndarray] = []
+    out: list[Segment] = []
+    for b in bronchi:
+        begin = start if b.parent < 0 else ends[b.parent]
+        axis = np.subtract(b.end, b.start)
+        r = ARTERY_TO_BRONCHUS * b.radius
+        end = np.asarray(b.end) + _beside(unit(axis), b.radius + airway_wall(b.radius) + r + 0.3)
+        if not inside(end):
+            end = np.asarray(b.end)
+        ends.append(end)
+        out.append(Segment(tuple(begin), tuple(end), r, r, False, lobe, b.generation))
+        if b.region is not None and r > VESSEL_MIN_RADIUS:
+            beyond = grow_tree(b.region, end, r, b.generation + 1, inside, min_radius=VESSEL_MIN_RADIUS)
+            out += _segments(beyond, lobe)
+    return out
+
+
+def airway_wall(radius: float) -> float:
+    """Airway wall thickness (mm) for a lumen radius: ~0.2 of the lumen diameter in large airways (Weibel), at
+    least 0.8 mm so that the walls of small bronchi stay visible at 1.25 mm, as they do on real CT."""
+    return max(0.8, 0.4 * radius)
+
+
+def build_trees(anat: Anatomy) -> Trees:
+    """Draw the airway tree, pulmonary arteries and veins, aorta and oesophagus of one subject.
+
+    The central parts (trachea, main and intermediate bronchi, pulmonary trunk and hilar arteries, venous
+    confluences) follow fixed landmarks; inside each lobe the airway and the veins are space-filling trees
+    (:func:`~.space_filling.grow_tree`) of the lobe's volume, and the arteries run beside the bronchi and on
+    past them to the periphery. Nothing is random: the subject's shape decides every branch.
+    """
     a, cx = anat.cav_a, anat.cx
     sx, sy = anat.spine_centre()
     zc = anat.z_carina
-    cent = lobe_centroids(anat)
+    points = lobe_points(anat)
+    centroid = {lobe: p.mean(axis=0) for lobe, p in points.items()}
     rt = anat.trachea_radius
     ty = sy + 38.0 + rt  # trachea lies just in front of the oesophagus, which lies in front of the spine
     P = np.array  # short alias for points
 
-    # --- airway: trachea → main bronchi → lobar → segmental and beyond
+    # --- airway: trachea → main bronchi → lobar stems (central) → a space-filling tree in each lobe
     carina = P([cx, ty, zc])
     airway = [Segment((cx, ty, 170.0), tuple(carina), rt, rt, True)]
     right_main = P([cx + 0.2 * a, ty - 3, zc - 16])  # right main bronchus: short and steep
     left_main = P([cx - 0.3 * a, ty - 6, zc - 28])  # left main bronchus: longer, more horizontal
     intermedius = P([cx + 0.26 * a, ty - 2, zc - 38])
     airway += [
-        Segment(tuple(carina), tuple(right_main), 0.75 * rt, 0.7 * rt, True),
-        Segment(tuple(carina), tuple(left_main), 0.68 * rt, 0.64 * rt, True),
-        Segment(tuple(right_main), tuple(intermedius), 0.62 * rt, 0.58 * rt, True),
+        Segment(tuple(carina), tuple(right_main), 0.75 * rt, 0.7 * rt, True, 0, 1),
+        Segment(tuple(carina), tuple(left_main), 0.68 * rt, 0.64 * rt, True, 0, 1),
+        Segment(tuple(right_main), tuple(intermedius), 0.62 * rt, 0.58 * rt, True, 0, 1),
     ]
+    bronchi: dict[int, list[Branch]] = {}
     for lobe, root, scale in (
         (3, right_main, 0.5),
-        (4, intermedius, 0.4),
-        (5, intermedius, 0.52),
+        (4, intermedius, 0.36),
+        (5, intermedius, 0.5),
         (1, left_main, 0.5),
-        (2, left_main, 0.52),
+        (2, left_main, 0.5),
     ):
-        for target in _targets(rng, cent[lobe], 2):
-            _lobar(anat, rng, airway, root, lobe, target, scale * rt, AIRWAY_GENERATIONS)
+        entry = _stem(anat, root, lobe, centroid[lobe])
+        airway.append(Segment(tuple(root), tuple(entry), scale * rt, scale * rt, True, 0, 2))
+        bronchi[lobe] = grow_tree(points[lobe], entry, scale * rt, 2, _inside(anat, lobe), min_radius=AIRWAY_MIN_RADIUS)
+        airway += _segments(bronchi[lobe], lobe)
 
-    # --- pulmonary arteries: trunk from the right ventricle, bifurcation under the arch, hilar branches
+    # --- pulmonary arteries: trunk from the right ventricle, bifurcation under the arch, hilar branches, then
+    # beside the bronchi of each lobe
     hx, hy, hz = anat.heart_x, anat.heart_y, anat.heart_z
     outflow = P([hx + 0.3 * anat.heart_rx, hy + 0.45 * anat.heart_ry, hz + 0.55 * anat.heart_rz])
     bifurcation = P([cx - 6, ty + 26, zc - 10])
@@ -190,20 +182,29 @@ def build_trees(anat: Anatomy, rng: np.random.Generator) -> Trees:
         Segment(tuple(bifurcation), tuple(right_hilum), 10.0, 9.0, True),
         Segment(tuple(bifurcation), tuple(left_hilum), 9.5, 8.5, True),
     ]
-    for hilum, lobes in ((right_hilum, (3, 4, 5)), (left_hilum, (1, 2))):
-        for lobe in lobes:
-            for target in _targets(rng, cent[lobe], 2 if lobe == 4 else 3):
-                _lobar(anat, rng, artery, hilum, lobe, target, 4.5 if lobe == 4 else 5.5, VESSEL_GENERATIONS)
+    for lobe, hilum in ((3, right_hilum), (4, right_hilum), (5, right_hilum), (1, left_hilum), (2, left_hilum)):
+        root = bronchi[lobe][0]
+        r = ARTERY_TO_BRONCHUS * root.radius
+        start = np.asarray(root.start) + _beside(unit(np.subtract(root.end, root.start)), 2 * r + 1.0)
+        if anat.lobe_at(start) != lobe:
+            start = np.asarray(root.start)
+        artery.append(Segment(tuple(hilum), tuple(start), r, r, True, 0, 2))
+        artery += _artery_along(anat, bronchi[lobe], start, lobe)
 
-    # --- pulmonary veins: from the left atrium (back of the heart) to each lobe, below the arteries
+    # --- pulmonary veins: from the left atrium (back of the heart) to the lower hilum of each lobe, then a
+    # space-filling tree of their own that runs between the bronchovascular bundles
     atrium = P([hx + 0.25 * anat.heart_rx, hy - 0.55 * anat.heart_ry, hz + 0.3 * anat.heart_rz])
     vein: list[Segment] = []
     for side, lobes in ((1, (3, 4, 5)), (-1, (1, 2))):
         for lobe in lobes:
-            root = P([cx + side * 0.22 * a, atrium[1] - 4, (atrium[2] + cent[lobe][2]) / 2])
-            vein.append(Segment(tuple(atrium), tuple(root), 7.0, 6.5, True))
-            for target in _targets(rng, cent[lobe], 2):
-                _lobar(anat, rng, vein, root, lobe, target, 5.0, VESSEL_GENERATIONS)
+            root = P([cx + side * 0.22 * a, atrium[1] - 4, (atrium[2] + centroid[lobe][2]) / 2])
+            entry = _stem(anat, root, lobe, centroid[lobe])
+            vein += [
+                Segment(tuple(atrium), tuple(root), 7.0, 6.5, True),
+                Segment(tuple(root), tuple(entry), 5.5, 5.0, True),
+            ]
+            tree = grow_tree(points[lobe], entry, 5.0, 2, _inside(anat, lobe), min_radius=VESSEL_MIN_RADIUS)
+            vein += _segments(tree, lobe)
 
     # --- aorta: ascending (right of midline), arch over the left main bronchus, descending left of the spine
     root = P([hx + 0.45 * anat.heart_rx, hy + 0.1 * anat.heart_ry, hz + 0.55 * anat.heart_rz])
