@@ -22,18 +22,22 @@ class Anatomy:
 
     Args:
         cx, cy: position of the body axis (x, y) in the field of view.
-        cav_a, cav_b: lateral and antero-posterior semi-axes of the inner thoracic (pleural) cavity.
+        cav_a, cav_b: lateral and antero-posterior semi-axes of the inner thoracic (pleural) cavity at its widest,
+            the level of the diaphragm domes; above it the rib cage narrows towards the apex (``apex_width``).
         rib: rib-layer thickness; muscle, fat: body-wall layers outside the ribs.
         z_apex: height of the lung apices; z_carina: height of the tracheal carina.
         z_dia_right, z_dia_left: height of the diaphragm domes (the right one sits higher, over the liver).
         dome_drop: how far the diaphragm falls from the dome to the costophrenic angles.
         mediastinum: half-width of the mediastinal band between the lungs.
-        heart_x, heart_y, heart_z: centre of the heart; heart_rx/ry/rz: its semi-axes (heart_rx sets the CTR).
+        heart_x, heart_y, heart_z: centre of the heart; heart_rx/ry/rz: its semi-axes along its long axis, across
+            it and along z; the long axis points from the right atrium to the apex, left and anterior,
+            ``heart_angle`` radians from the patient's left (the width left-right sets the CTR).
         fissure_left, fissure_right: height of the oblique fissures at the posterior chest wall.
         fissure_slope: fall of the oblique fissures per mm towards anterior.
         fissure_horizontal: height of the right horizontal fissure.
         trachea_radius: tracheal lumen radius.
         rib_pitch, rib_phase: spacing and phase of the ribs along z.
+        apex_width: lateral width of the cavity at the apex as a fraction of its widest (the rib cage's taper).
     """
 
     cx: float
@@ -62,6 +66,8 @@ class Anatomy:
     trachea_radius: float
     rib_pitch: float
     rib_phase: float
+    apex_width: float
+    heart_angle: float
 
     @classmethod
     def sample(cls, rng: np.random.Generator, ctr: float | None = None) -> Anatomy:
@@ -79,14 +85,20 @@ class Anatomy:
         z_dia_right = u(-52, -36)
         z_dia_left = z_dia_right - u(8, 18)
         ctr = float(u(*NORMAL_CTR)) if ctr is None else float(ctr)
-        heart_rx = ctr * cav_a
+        width = ctr * cav_a  # half the heart's left-right extent
         grow = np.sqrt(ctr / 0.43)  # an enlarged heart grows in every direction, most in width
-        heart_ry = min(0.42 * cav_b * grow, 0.62 * cav_b)
+        heart_ry = min(0.36 * cav_b * grow, 0.55 * cav_b)
         heart_rz = 52 * grow
         heart_y = cy + 0.24 * cav_b
         heart_x = cx - u(14, 22)
         # keep the heart inside the cavity on the left whatever its width
-        heart_x = max(heart_x, cx - 0.9 * cav_a + heart_rx)
+        heart_x = max(heart_x, cx - 0.9 * cav_a + width)
+        # the further draws come after all the others, so that adding them left every other parameter as it was
+        apex_width = u(0.72, 0.82)
+        heart_angle = np.deg2rad(u(30, 45))
+        # the long axis that gives a left-right half extent of `width` once turned by heart_angle
+        c2, s2 = np.cos(heart_angle) ** 2, np.sin(heart_angle) ** 2
+        heart_rx = float(np.sqrt(max(width**2 - heart_ry**2 * s2, heart_ry**2 * c2) / c2))
         return cls(
             cx=cx,
             cy=cy,
@@ -114,15 +126,23 @@ class Anatomy:
             trachea_radius=u(7.0, 9.0),
             rib_pitch=u(23, 28),
             rib_phase=u(0, 28),
+            apex_width=apex_width,
+            heart_angle=heart_angle,
         )
 
     def to_dict(self) -> dict[str, float]:
         return {k: round(float(v), 3) for k, v in asdict(self).items()}
 
-    # --- cross-sections (functions of x, y only) -----------------------------------------------------------
-    def cavity_q(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Normalised radius² of the thoracic cavity ellipse (≤ 1 inside)."""
-        return ((x - self.cx) / self.cav_a) ** 2 + ((y - self.cy) / self.cav_b) ** 2
+    # --- cross-sections ------------------------------------------------------------------------------------
+    def taper(self, z: np.ndarray | float) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """Lateral and antero-posterior scale of the cavity at height ``z``: 1 at and below the diaphragm domes,
+        narrowing quadratically to ``apex_width`` (laterally; a third of that antero-posteriorly) at the apex."""
+        t = np.clip((z - self.z_dia_right) / (self.z_apex - self.z_dia_right), 0.0, 1.0) ** 2
+        return 1.0 - (1.0 - self.apex_width) * t, 1.0 - (1.0 - self.apex_width) / 3.0 * t
+
+    def cavity_q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | float | None = None) -> np.ndarray:
+        """Normalised radius² of the thoracic cavity ellipse at height ``z`` (≤ 1 inside; widest when None)."""
+        return self.layer_q(x, y, 0.0, z)
 
     def lung_q(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Normalised radius² within each hemithorax: 0 at the centre of a lung's cross-section, 1 at its edge."""
@@ -133,9 +153,10 @@ class Anatomy:
         """(x, y) of the vertebral body centre: posterior midline, bulging into the cavity."""
         return self.cx, self.cy - self.cav_b + 16.0
 
-    def layer_q(self, x: np.ndarray, y: np.ndarray, extra: float) -> np.ndarray:
-        """Normalised radius² of the cavity ellipse grown by ``extra`` mm (the body-wall layers)."""
-        return ((x - self.cx) / (self.cav_a + extra)) ** 2 + ((y - self.cy) / (self.cav_b + extra)) ** 2
+    def layer_q(self, x: np.ndarray, y: np.ndarray, extra: float, z: np.ndarray | float | None = None) -> np.ndarray:
+        """Normalised radius² of the cavity ellipse at height ``z`` grown by ``extra`` mm (the body-wall layers)."""
+        sa, sb = (1.0, 1.0) if z is None else self.taper(z)
+        return ((x - self.cx) / (self.cav_a * sa + extra)) ** 2 + ((y - self.cy) / (self.cav_b * sb + extra)) ** 2
 
     # --- surfaces ------------------------------------------------------------------------------------------
     def diaphragm_z(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -150,12 +171,20 @@ class Anatomy:
         return self.z_apex - 75.0 * np.minimum(self.lung_q(x, y), 1.3)
 
     def heart_q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, grow: float = 0.0) -> np.ndarray:
-        """Normalised radius² of the heart ellipsoid grown by ``grow`` mm."""
+        """Normalised radius² of the heart ellipsoid grown by ``grow`` mm (scalars or arrays)."""
+        c, s = np.cos(self.heart_angle), np.sin(self.heart_angle)
+        dx, dy = x - self.heart_x, y - self.heart_y
+        along, across = dx * c - dy * s, dx * s + dy * c  # long axis towards the patient's left and anterior
         return (
-            ((x - self.heart_x) / (self.heart_rx + grow)) ** 2
-            + ((y - self.heart_y) / (self.heart_ry + grow)) ** 2
+            (along / (self.heart_rx + grow)) ** 2
+            + (across / (self.heart_ry + grow)) ** 2
             + ((z - self.heart_z) / (self.heart_rz + grow)) ** 2
         )
+
+    def heart_half_width(self) -> float:
+        """Half the heart's left-right extent (mm): what the cardiothoracic ratio measures."""
+        c2, s2 = np.cos(self.heart_angle) ** 2, np.sin(self.heart_angle) ** 2
+        return float(np.sqrt(self.heart_rx**2 * c2 + self.heart_ry**2 * s2))
 
     def oblique_f(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Signed height (mm) above the oblique fissure of the point's side: > 0 in the upper (and middle) lobe."""
@@ -171,7 +200,7 @@ class Anatomy:
     # --- lungs ---------------------------------------------------------------------------------------------
     def lung_region(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Boolean: inside a lung (before airways, vessels and findings are carved), broadcast over x, y, z."""
-        cav = self.cavity_q(x, y) <= 1.0
+        cav = self.cavity_q(x, y, z) <= 1.0
         med = np.abs(x - self.cx) > self.mediastinum
         sx, sy = self.spine_centre()
         spine = (x - sx) ** 2 + (y - sy) ** 2 > 21.0**2
@@ -206,7 +235,8 @@ class Anatomy:
         """
         x, y, z = (float(c) for c in point)
         dx, dy = x - self.cx, y - self.cy
-        if (dx / self.cav_a) ** 2 + (dy / self.cav_b) ** 2 > 1.0 or abs(dx) <= self.mediastinum:
+        sa, sb = self.taper(z)
+        if (dx / (self.cav_a * sa)) ** 2 + (dy / (self.cav_b * sb)) ** 2 > 1.0 or abs(dx) <= self.mediastinum:
             return 0
         sx, sy = self.spine_centre()
         if (x - sx) ** 2 + (y - sy) ** 2 <= 21.0**2:
@@ -220,12 +250,7 @@ class Anatomy:
         top = self.z_dia_right if right else self.z_dia_left
         if z <= top - self.dome_drop * q - 22.0 * min(max(-dy / self.cav_b, 0.0), 1.0):
             return 0
-        heart = (
-            ((x - self.heart_x) / (self.heart_rx + 4.0)) ** 2
-            + ((y - self.heart_y) / (self.heart_ry + 4.0)) ** 2
-            + ((z - self.heart_z) / (self.heart_rz + 4.0)) ** 2
-        )
-        if heart <= 1.0:
+        if self.heart_q(x, y, z, grow=4.0) <= 1.0:
             return 0
         z_post = self.fissure_right if right else self.fissure_left
         if z - (z_post - self.fissure_slope * (dy + self.cav_b) - 6.0 * lateral) > 0:

@@ -1,7 +1,7 @@
 """Paint one subject's normal anatomy into a tissue label map on a voxel grid.
 
-The painter works from outside in: body wall layers and the thoracic cavity (one axial cross-section broadcast
-along z), the abdomen under the diaphragm, bones, lungs with their lobes and fissures, heart, then tubes (great
+The painter works from outside in: body wall layers, ribs and the thoracic cavity (slice by slice: the rib cage
+narrows towards the apex), the abdomen under the diaphragm, bones, lungs with their lobes and fissures, heart, then tubes (great
 vessels, pulmonary vessels, airways). Findings (``findings.py``) are painted on the result afterwards.
 """
 
@@ -62,20 +62,20 @@ def _segment_radius(seg: Segment, t: np.ndarray) -> np.ndarray:
     return seg.r0 + (seg.r1 - seg.r0) * t
 
 
-def _body(anat: Anatomy, grid: Grid) -> np.ndarray:
-    """Axial cross-section of the body (constant along z): fat, muscle, intercostal layer, cavity."""
-    a = grid.axis()
-    x, y = a[:, None], a[None, :]
-    section = np.full((grid.size, grid.size), Tissue.AIR, dtype=np.uint8)
+def _section(anat: Anatomy, x: np.ndarray, y: np.ndarray, z: float) -> np.ndarray:
+    """Axial cross-section of the body at height ``z``: fat, muscle, the intercostal layer with its ribs, and
+    the cavity (mediastinum, for now). ``x`` is (n, 1), ``y`` (1, n); the cavity and its wall taper to the apex."""
+    section = np.full((x.shape[0], y.shape[1]), Tissue.AIR, dtype=np.uint8)
     pleura = 1.0
-    section[anat.layer_q(x, y, pleura + anat.rib + anat.muscle + anat.fat) <= 1] = Tissue.FAT
-    section[anat.layer_q(x, y, pleura + anat.rib + anat.muscle) <= 1] = Tissue.MUSCLE
+    section[anat.layer_q(x, y, pleura + anat.rib + anat.muscle + anat.fat, z) <= 1] = Tissue.FAT
+    section[anat.layer_q(x, y, pleura + anat.rib + anat.muscle, z) <= 1] = Tissue.MUSCLE
     # paraspinal muscles bulge the back wall
     sx, sy = anat.spine_centre()
     for side in (-1, 1):
         para = ((x - sx - side * 27) / 22) ** 2 + ((y - sy + 42) / 24) ** 2 <= 1
         section[para & (section != Tissue.AIR)] = Tissue.MUSCLE
-    section[anat.cavity_q(x, y) <= 1] = Tissue.MEDIASTINUM
+    _ribs(anat, section, x, y, z)
+    section[anat.cavity_q(x, y, z) <= 1] = Tissue.MEDIASTINUM
     return section
 
 
@@ -91,29 +91,27 @@ def _abdomen(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray, cavity: np
     np.copyto(v.tissue, np.broadcast_to(organ, v.tissue.shape), where=deep)
 
 
-def _ribs(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
-    """Ribs in the intercostal layer (falling towards anterior), costal cartilage and sternum in front."""
-    anat = v.anatomy
-    ring = (anat.layer_q(x, y, 1.0 + anat.rib) <= 1) & (anat.cavity_q(x, y) > 1)  # (n, n)
+def _ribs(anat: Anatomy, section: np.ndarray, x: np.ndarray, y: np.ndarray, z: float) -> None:
+    """Ribs in the intercostal layer of one axial section, costal cartilage and sternum in front.
+
+    A rib leaves the spine about level, then curves down around the chest to its cartilage in front, ~0.9 of
+    the cavity's depth lower (the curve of a rib seen from the side); a section cuts each rib in short arcs.
+    """
+    ring = (anat.layer_q(x, y, 1.0 + anat.rib, z) <= 1) & (anat.cavity_q(x, y, z) > 1)
+    if not ring.any() or not anat.z_dia_left - anat.dome_drop - 25.0 < z < anat.z_apex + 10.0:
+        return
     ix, iy = np.nonzero(ring)
-    yv, xv = y[0, iy], x[ix, 0]
-    zz = z.reshape(1, -1)
-    dy = (yv - anat.cy + anat.cav_b)[:, None]
-    phase = (zz + 0.45 * dy - anat.rib_phase) % anat.rib_pitch
-    low = anat.z_dia_left - anat.dome_drop - 25.0
-    in_range = (zz > low) & (zz < anat.z_apex + 10.0)
-    rib = (phase < 10.0) & in_range
+    xv, yv = x[ix, 0], y[0, iy]
+    around = np.arctan2(np.abs(xv - anat.cx), anat.cy - yv) / np.pi  # 0 at the spine, 1 at the sternum
+    phase = (z + 0.9 * anat.cav_b * around**1.6 - anat.rib_phase) % anat.rib_pitch
+    rib = phase < 10.0
     cortex = rib & ((phase < 2.0) | (phase > 8.0))
     front = (np.abs(xv - anat.cx) < 45.0) & (yv > anat.cy)
-    sternum = (
-        ((np.abs(xv - anat.cx) < 16.0) & (yv > anat.cy))[:, None]
-        & (zz > anat.z_dia_right - 15.0)
-        & (zz < anat.z_apex - 25.0)
-    )
+    sternum = (np.abs(xv - anat.cx) < 16.0) & (yv > anat.cy) & (anat.z_dia_right - 15.0 < z < anat.z_apex - 25.0)
     labels = np.where(cortex, Tissue.BONE, np.where(rib, Tissue.MARROW, Tissue.MUSCLE)).astype(np.uint8)
-    labels = np.where(front[:, None] & rib, Tissue.CARTILAGE, labels)
+    labels = np.where(front & rib, Tissue.CARTILAGE, labels)
     labels = np.where(sternum, np.where(phase < 3.0, Tissue.BONE, Tissue.MARROW), labels)
-    v.tissue[ix, iy, :] = labels
+    section[ix, iy] = labels
 
 
 def _spine(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
@@ -150,7 +148,8 @@ def _lungs(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
 def _heart(v: Volumes) -> None:
     """Heart ellipsoid on the diaphragm, wrapped in pericardial fat."""
     anat, grid = v.anatomy, v.grid
-    reach = np.array([anat.heart_rx, anat.heart_ry, anat.heart_rz]) + 4.0
+    r = max(anat.heart_rx, anat.heart_ry)
+    reach = np.array([r, r, anat.heart_rz]) + 4.0
     centre = np.array([anat.heart_x, anat.heart_y, anat.heart_z])
     box = grid.index_box(centre - reach, centre + reach)
     if box is None:
@@ -223,25 +222,23 @@ def _vessels(v: Volumes, segs: list[Segment]) -> None:
 def build_volumes(anat: Anatomy, trees: Trees, grid: Grid) -> Volumes:
     """Paint a normal subject on ``grid``."""
     x, y, z = grid.coords()
-    section = _body(anat, grid)
+    x2, y2 = x[:, :, 0], y[:, :, 0]
     tissue = np.empty(grid.shape, dtype=np.uint8)
-    tissue[:] = section[:, :, None]
+    for k, zk in enumerate(z.ravel()):
+        tissue[:, :, k] = _section(anat, x2, y2, float(zk))
     v = Volumes(
         grid, anat, tissue, np.zeros(grid.shape, np.uint8), np.zeros(grid.shape, bool), np.zeros(grid.shape, bool)
     )
-    cavity = (section == Tissue.MEDIASTINUM)[:, :, None]
-    x2, y2 = x[:, :, 0], y[:, :, 0]
-    _abdomen(v, x, y, z, cavity)
+    _abdomen(v, x, y, z, tissue == Tissue.MEDIASTINUM)
     _lungs(v, x, y, z)
-    _ribs(v, x2, y2, z)
     _spine(v, x2, y2, z)
     _heart(v)
     central = [s for s in trees.airway + trees.artery + trees.vein if s.central]
     for seg in central:
         carve(v, seg, 2.5)
-    for seg in trees.aorta + trees.oesophagus:
+    for seg in trees.great_vessels + trees.oesophagus:
         carve(v, seg, 3.0)
-    for seg in trees.aorta:
+    for seg in trees.great_vessels:
         paint_tube(v, seg, Tissue.BLOOD, _CENTRAL_VESSEL_OK)
     for seg in trees.oesophagus:
         paint_tube(v, seg, Tissue.MUSCLE, _CENTRAL_VESSEL_OK)

@@ -52,11 +52,11 @@ class Trees:
     airway: list[Segment]
     artery: list[Segment]
     vein: list[Segment]
-    aorta: list[Segment]
+    great_vessels: list[Segment]  # aorta with its arch branches, superior vena cava (blood, not labelled vessel)
     oesophagus: list[Segment]
 
     def counts(self) -> dict[str, int]:
-        return {k: len(getattr(self, k)) for k in ("airway", "artery", "vein", "aorta", "oesophagus")}
+        return {k: len(getattr(self, k)) for k in ("airway", "artery", "vein", "great_vessels", "oesophagus")}
 
 
 def lobe_points(anat: Anatomy, step: float = LATTICE_MM) -> dict[int, np.ndarray]:
@@ -217,6 +217,15 @@ def build_trees(anat: Anatomy) -> Trees:
         P([sx - 25, sy + 14, -170.0]),
     ]
     radii = [14.0, 14.0, 13.0, 12.5, 12.0, 11.5]
-    aorta = [Segment(tuple(p), tuple(q), r, s, True) for p, q, r, s in zip(path, path[1:], radii, radii[1:])]
-    oesophagus = [Segment((sx - 4, sy + 27, 170.0), (sx - 8, sy + 30, anat.z_dia_left - 25), 8.0, 8.0, True)]
-    return Trees(airway=airway, artery=artery, vein=vein, aorta=aorta, oesophagus=oesophagus)
+    great = [Segment(tuple(p), tuple(q), r, s, True) for p, q, r, s in zip(path, path[1:], radii, radii[1:])]
+    # arch branches up to the neck: brachiocephalic trunk (right), left common carotid, left subclavian
+    top = 170.0
+    for at, to, r in ((0.35, (cx + 14, ty + 20), 6.5), (0.6, (cx - 10, ty + 12), 4.0), (0.85, (cx - 22, ty), 5.0)):
+        start = path[1] + (path[3] - path[1]) * at
+        great.append(Segment(tuple(start), (to[0], to[1], top), r, r * 0.9, True))
+    # superior vena cava: down the right of the ascending aorta into the right atrium
+    right_atrium = P([hx + 0.8 * anat.heart_half_width(), hy - 0.1 * anat.heart_ry, hz + 0.4 * anat.heart_rz])
+    great.append(Segment((cx + 30, ty + 22, top), (cx + 30, ty + 22, zc - 10), 9.0, 9.5, True))
+    great.append(Segment((cx + 30, ty + 22, zc - 10), tuple(right_atrium), 9.5, 10.0, True))
+    oesophagus = [Segment((sx - 4, sy + 27, top), (sx - 8, sy + 30, anat.z_dia_left - 25), 8.0, 8.0, True)]
+    return Trees(airway=airway, artery=artery, vein=vein, great_vessels=great, oesophagus=oesophagus)
