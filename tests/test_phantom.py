@@ -1,5 +1,7 @@
 """Phantom cases: masks, measured truth and reports agree with what was asked for (64³ unless noted)."""
 
+import re
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -7,6 +9,19 @@ from scipy import ndimage
 from scripts.phantom import SEVERITIES, TYPES, FindingSpec, generate_case
 from scripts.phantom.findings import CTR_RANGES, EFFUSION_ML
 from scripts.phantom.tissues import Tissue
+
+_NEGATION = re.compile(r"\b(no|negative for|not|clear)\b")
+
+
+def sentences_about(report: str, *words: str) -> list[str]:
+    """The sentences of a report (lower case) that mention any of ``words``."""
+    return [s for s in re.split(r"(?<=\.)\s+|\n", report.lower()) if any(w in s for w in words)]
+
+
+def negates(report: str, *words: str) -> bool:
+    """Every sentence that mentions one of ``words`` is a negation, and there is one."""
+    about = sentences_about(report, *words)
+    return bool(about) and all(_NEGATION.search(s) for s in about)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +40,9 @@ def test_normal_case_negates_findings_and_has_no_fluid(normal):
     assert truth["effusion_ml"] == {"left": 0.0, "right": 0.0}
     assert truth["cardiothoracic_ratio"] < 0.5
     assert truth["laa950_percent"] < 1.0
-    assert "no pleural effusion" in report or "no evidence of pleural effusion" in report
-    assert any(p in report for p in ("heart size is normal", "normal in size", "normal heart size", "no cardiomegaly"))
+    assert negates(report, "effusion", "pleural")
+    assert "cardiomegaly" not in report.replace("no cardiomegaly", "").replace("negative for cardiomegaly", "")
+    assert not sentences_about(report, "enlarged", "enlargement") or negates(report, "enlarged", "enlargement")
     assert report.startswith("findings:") and "\nimpression:" in report
 
 
@@ -35,8 +51,12 @@ def test_large_right_effusion_is_on_the_right_only_and_reported(right_effusion):
     assert truth["effusion_ml"]["right"] >= EFFUSION_ML["large"][0]
     assert truth["effusion_ml"]["left"] == 0.0
     report = right_effusion.report.lower()
-    assert "large right pleural effusion" in report.split("impression:")[1]
-    assert "left pleural" in report.split("impression:")[0]  # the other side is negated
+    impression = report.split("impression:")[1]
+    assert (
+        re.search(r"(large|extensive)(-volume)? right|right (large|extensive)", impression)
+        and "pleural effusion" in impression
+    )
+    assert negates(report.split("impression:")[0], "left")  # the other side is negated
     # RAS: the patient's right is +x; fluid is dependent (posterior, -y) and outside the lobes
     fluid = right_effusion.tissue == Tissue.EFFUSION
     xs, ys, _ = np.nonzero(fluid)
@@ -59,7 +79,8 @@ def test_cardiomegaly_raises_ctr_and_is_reported(normal):
     case = generate_case(64, seed=11, findings="cardiomegaly:large")
     assert case.truth["cardiothoracic_ratio"] >= CTR_RANGES["large"][0]
     assert case.truth["cardiothoracic_ratio"] > normal.truth["cardiothoracic_ratio"] + 0.15
-    assert "cardiomegaly" in case.report.lower().split("impression:")[1]
+    impression = case.report.lower().split("impression:")[1]
+    assert re.search(r"(severe|marked)\w* (cardiomegaly|cardiac enlargement)|cardiomegaly, (severe|marked)", impression)
     t = case.truth
     assert t["cardiothoracic_ratio"] == pytest.approx(t["heart_width_mm"] / t["thorax_width_mm"], abs=1e-3)
     # the body is the same subject: only the heart changed

@@ -55,3 +55,28 @@ def test_the_held_out_findings_avoid_the_phantom_words_for_them():
     for pair in pairs.values():  # a pair differs in the finding only: the same number of lines, most of them equal
         finding, negation = pair["finding"].splitlines(), pair["negation"].splitlines()
         assert len(finding) == len(negation) and sum(a != b for a, b in zip(finding, negation)) == 2
+
+
+def _reports(effusion_ml: dict[str, float], ctr: float, num: int = 120) -> list[str]:
+    rng = np.random.default_rng(1)
+    truth = {"effusion_ml": effusion_ml, "cardiothoracic_ratio": ctr}
+    return [write_report([], truth, rng) for _ in range(num)]
+
+
+def test_the_phantom_writes_a_statement_many_ways_and_keeps_its_content():
+    normal = _reports({"left": 0.0, "right": 0.0}, 0.42)
+    pleura = {s for r in normal for s in _sentences(r) if "pleura" in s or "effusion" in s and "pericardial" not in s}
+    assert len(pleura) >= 6, pleura  # negations in several forms
+    heart_first = {re.search(r"heart|cardio", r, re.I).start() < r.index("leura") for r in normal if "leura" in r}
+    assert heart_first == {True, False}  # the organ systems come in more than one order
+    right = _reports({"left": 0.0, "right": 1500.0}, 0.42)
+    text = " ".join(right).lower()
+    assert "right-sided" in text and "on the right" in text and "pleural fluid" in text and "likely" in text
+    for report in right:  # whatever the words: a large effusion on the right, none on the left
+        findings, impression = report.lower().split("impression:")
+        assert "right" in impression and any(w in impression for w in ("large", "extensive"))
+        left = [s for s in re.split(r"(?<=\.)\s+", findings) if "left" in s]
+        assert left and all(re.search(r"\b(no|clear)\b", s) for s in left), left
+    severe = _reports({"left": 0.0, "right": 0.0}, 0.66)
+    impressions = {r.split("Impression:")[1].strip() for r in severe}
+    assert len(impressions) >= 3 and all(re.search(r"severe|marked", i, re.I) for i in impressions)

@@ -1,9 +1,14 @@
 """Radiology reports for phantom cases: "Findings:" and "Impression:" in chest-CT language, consistent with truth.
 
-Wording varies with the seed (several phrasings per statement); the content never does: effusion severity and
-cardiomegaly come from the *measured* truth (effusion volume per side, cardiothoracic ratio) with the ranges of
-``findings.py``, the other findings from their resolved parameters. Every normal organ system is stated as a
-negation ("No pleural effusion.", "Heart size is normal.") so prompt-adherence pairs have clean negatives.
+Wording varies with the seed the ways radiologists vary it: synonyms ("pleural effusion", "pleural fluid";
+"cardiomegaly", "enlarged heart"), severity and laterality words ("large", "large-volume"; "right", "right-sided",
+"on the right"), hedges ("likely", "there appears to be"), negations in several forms ("No ...", "There is no ...",
+"Negative for ...", "... is absent") and the order of the organ systems; the content never does: effusion
+severity and cardiomegaly come from the *measured* truth (effusion volume per side, cardiothoracic ratio) with the
+ranges of ``findings.py``, the other findings from their resolved parameters. Every normal organ system is stated
+as a negation so prompt-adherence pairs have clean negatives. Some words are kept out on purpose ("cardiac
+silhouette", "fluid collection", "hemithorax"): the held-out adherence pairs use them
+(``configs/adherence_pairs_heldout.json``) to test reports phrased in ways training never showed.
 """
 
 from __future__ import annotations
@@ -17,12 +22,47 @@ from .findings import CTR_RANGES, EFFUSION_ML, Finding, severity_of
 
 # radiology words for the three severities, per finding
 _DEGREE = {"small": "mild", "moderate": "moderate", "large": "severe"}
-_ADVERB = {"small": "mildly", "moderate": "moderately", "large": "severely"}
 _CONSOLIDATION_WORD = {"small": "patchy", "moderate": "segmental", "large": "dense lobar"}
+_EFFUSION_WORDS = {
+    "small": ("small", "small", "small-volume", "minimal"),
+    "moderate": ("moderate", "moderate", "moderate-sized", "moderate-volume"),
+    "large": ("large", "large", "large-volume", "extensive"),
+}
+_HEART_WORDS = {
+    "small": ("mild", "mild", "slight"),
+    "moderate": ("moderate", "moderate", "moderate"),
+    "large": ("severe", "marked", "severe"),
+}
+
+
+def _negation(rng: np.random.Generator, thing: str) -> str:
+    """One of the ways a report says ``thing`` is not there."""
+    is_are = "are" if thing.endswith("s") else "is"
+    return _pick(
+        rng,
+        [
+            f"No {thing}.",
+            f"No {thing}.",
+            f"There {is_are} no {thing}.",
+            f"No evidence of {thing}.",
+            f"Negative for {thing}.",
+            f"No {thing} {is_are} seen.",
+            f"No {thing} identified.",
+        ],
+    )
+
+
+def _side(rng: np.random.Generator, side: str) -> tuple[str, str]:
+    """(adjective, trailing phrase) for a side: ("right", "") or ("right-sided", "") or ("", " on the right")."""
+    return _pick(rng, [(side, ""), (side, ""), (f"{side}-sided", ""), ("", f" on the {side}")])  # type: ignore[list-item]
 
 
 def _pick(rng: np.random.Generator, options: list[str]) -> str:
     return options[int(rng.integers(len(options)))]
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _a(number: int) -> str:
@@ -38,69 +78,96 @@ def _effusion(truth: dict[str, Any], rng: np.random.Generator) -> tuple[list[str
     sev = {s: severity_of(truth["effusion_ml"][s], EFFUSION_ML) for s in ("left", "right")}
     present = [s for s in ("left", "right") if sev[s]]
     if not present:
-        return [
-            _pick(
-                rng,
-                [
-                    "No pleural effusion.",
-                    "There is no pleural effusion.",
-                    "No pleural effusion or pneumothorax.",
-                    "No evidence of pleural effusion.",
-                ],
-            )
-        ], []
+        thing = _pick(
+            rng, ["pleural effusion", "pleural effusion", "pleural effusion or pneumothorax", "pleural fluid"]
+        )
+        return [_pick(rng, [_negation(rng, thing), "The pleural spaces are clear."])], []
     if len(present) == 2 and sev["left"] == sev["right"]:
-        word = sev["left"]
+        word = _pick(rng, list(_EFFUSION_WORDS[sev["left"]]))
+        noun = _pick(rng, ["pleural effusions", "pleural effusions", "effusions"])
         text = _pick(
             rng,
             [
-                f"{_cap(word)} bilateral pleural effusions.",
-                f"There are {word} bilateral pleural effusions.",
-                f"Bilateral {word} pleural effusions are present.",
+                f"{_cap(word)} bilateral {noun}.",
+                f"There are {word} bilateral {noun}.",
+                f"Bilateral {word} {noun} are present.",
+                f"{_cap(word)} {noun} on both sides.",
+                f"There appear to be {word} bilateral {noun}.",
             ],
         )
-        if word != "small":
+        if sev["left"] != "small":
             text = text[:-1] + _pick(rng, [" with adjacent compressive atelectasis.", "."])
-        return [text], [f"{_cap(word)} bilateral pleural effusions."]
+        impression = _pick(rng, [f"{_cap(word)} bilateral pleural effusions.", f"Bilateral {word} pleural effusions."])
+        return [text], [impression]
     findings, impression = [], []
     for side in present:
-        word = sev[side]
+        word = _pick(rng, list(_EFFUSION_WORDS[sev[side]]))
+        adjective, trailing = _side(rng, side)
+        lead = f"{word} {adjective}".rstrip()
+        amount = {"small": "small", "moderate": "moderate", "large": "large"}[sev[side]]
         findings.append(
             _pick(
                 rng,
                 [
-                    f"{_cap(word)} {side} pleural effusion.",
-                    f"There is a {word} {side}-sided pleural effusion.",
-                    f"A {word} pleural effusion is present on the {side}.",
+                    f"{_cap(lead)} pleural effusion{trailing}.",
+                    f"There is {_article(lead)} {lead} pleural effusion{trailing}.",
+                    f"{_cap(_article(word))} {word} pleural effusion is present on the {side}.",
+                    f"Likely {lead} pleural effusion{trailing}.",
+                    f"There appears to be {_article(lead)} {lead} pleural effusion{trailing}.",
+                    f"{_cap(amount)} amount of {side} pleural fluid.",
                 ],
             )
         )
-        impression.append(f"{_cap(word)} {side} pleural effusion.")
+        impression.append(
+            _pick(rng, [f"{_cap(word)} {side} pleural effusion.", f"{_cap(side)} {word} pleural effusion."])
+        )
     if len(present) == 1:
         other = "left" if present[0] == "right" else "right"
-        findings.append(_pick(rng, [f"No {other} pleural effusion.", f"The {other} pleural space is clear of fluid."]))
+        findings.append(
+            _pick(
+                rng,
+                [
+                    f"No {other} pleural effusion.",
+                    f"The {other} pleural space is clear of fluid.",
+                    f"No effusion on the {other}.",
+                    f"The {other} pleural space is clear.",
+                ],
+            )
+        )
     return findings, impression
 
 
 def _heart(truth: dict[str, Any], rng: np.random.Generator) -> tuple[list[str], list[str]]:
     word = severity_of(truth["cardiothoracic_ratio"], CTR_RANGES)
+    pericardium = _negation(rng, "pericardial effusion")
     if word is None:
-        return [
-            _pick(
-                rng, ["Heart size is normal.", "The heart is normal in size.", "Normal heart size.", "No cardiomegaly."]
-            )
-            + " No pericardial effusion."
-        ], []
-    degree = _DEGREE[word]
+        size = _pick(
+            rng,
+            [
+                "Heart size is normal.",
+                "The heart is normal in size.",
+                "Normal heart size.",
+                _negation(rng, "cardiomegaly"),
+                "The heart is not enlarged.",
+            ],
+        )
+        return [f"{size} {pericardium}"], []
+    degree = _pick(rng, list(_HEART_WORDS[word]))
+    adverb = degree[:-1] + "ily" if degree.endswith("y") else degree + "ly"
     text = _pick(
         rng,
         [
             f"{_cap(degree)} cardiomegaly.",
-            f"The heart is {_ADVERB[word]} enlarged.",
+            f"The heart is {adverb} enlarged.",
             f"There is {degree} cardiomegaly.",
+            f"{_cap(degree)} cardiac enlargement.",
+            f"The heart appears {adverb} enlarged.",
         ],
     )
-    return [text + " No pericardial effusion."], [f"{_cap(degree)} cardiomegaly."]
+    impression = _pick(
+        rng, [f"{_cap(degree)} cardiomegaly.", f"Cardiomegaly, {degree}.", f"{_cap(degree)} cardiac enlargement."]
+    )
+    return [f"{text} {pericardium}"], [impression]
 
 
 def _lungs(findings: list[Finding], rng: np.random.Generator) -> tuple[list[str], list[str]]:
@@ -145,7 +212,7 @@ def _lungs(findings: list[Finding], rng: np.random.Generator) -> tuple[list[str]
             )
             impression.append(f"Bullae in {where}.")
     if not by_type.get("emphysema") and not by_type.get("bullae"):
-        out.append(_pick(rng, ["No emphysema.", "No emphysema or bullae.", "There is no emphysema."]))
+        out.append(_negation(rng, _pick(rng, ["emphysema", "emphysema or bullae"])))
     for f in by_type.get("consolidation", []):
         lobe = LOBE_LABELS[int(f.lobe or 0)]
         word = _CONSOLIDATION_WORD[f.severity or "small"]
@@ -160,7 +227,7 @@ def _lungs(findings: list[Finding], rng: np.random.Generator) -> tuple[list[str]
         )
         impression.append(f"{_cap(word)} {lobe} consolidation, compatible with pneumonia.")
     if not by_type.get("consolidation"):
-        out.append(_pick(rng, ["No focal consolidation.", "There is no consolidation.", "No airspace consolidation."]))
+        out.append(_negation(rng, _pick(rng, ["focal consolidation", "consolidation", "airspace consolidation"])))
     for f in by_type.get("nodule", []):
         lobe = LOBE_LABELS[int(f.lobe or 0)]
         size = round(float(f.parameters["diameter_mm"]))
@@ -176,7 +243,9 @@ def _lungs(findings: list[Finding], rng: np.random.Generator) -> tuple[list[str]
         impression.append(f"{size} mm {lobe} nodule; follow-up recommended.")
     if not by_type.get("nodule"):
         out.append(
-            _pick(rng, ["No pulmonary nodules.", "No suspicious pulmonary nodules.", "No pulmonary nodule or mass."])
+            _negation(
+                rng, _pick(rng, ["pulmonary nodules", "suspicious pulmonary nodules", "pulmonary nodule or mass"])
+            )
         )
     return out, impression
 
@@ -189,8 +258,13 @@ def write_report(findings: list[Finding], truth: dict[str, Any], rng: np.random.
     heart, imp_heart = _heart(truth, rng)
     mediastinum = _pick(rng, ["No mediastinal or hilar lymphadenopathy.", "No enlarged mediastinal lymph nodes."])
     bones = _pick(rng, ["No acute osseous abnormality.", "The visualised osseous structures are unremarkable."])
-    body = " ".join([airways, *lungs, *pleura, *heart, mediastinum, bones])
+    systems = [lungs, pleura, heart, [mediastinum]]
+    if rng.random() < 0.5:  # half the reports go organ system by organ system in another order
+        systems = [systems[i] for i in rng.permutation(len(systems))]
+    body = " ".join([airways, *[sentence for system in systems for sentence in system], bones])
     impression = imp_pleura + imp_heart + imp_lungs
+    if len(impression) > 1 and rng.random() < 0.3:
+        impression = [impression[i] for i in rng.permutation(len(impression))]
     if not impression:
         impression = [
             _pick(
