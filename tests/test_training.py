@@ -24,6 +24,7 @@ from monai.bundle import ConfigWorkflow
 
 from scripts.engines import (
     ConfigError,
+    DeviceCachedDataset,
     fill_embedding_cache,
     latest_checkpoint,
     list_checkpoints,
@@ -387,3 +388,37 @@ def test_channel_loss_weights_reach_the_loss_and_default_to_plain_mse(config):
     with pytest.raises(RuntimeError) as raised:
         parser.get_parsed_content("loss", lazy=False)
     assert "channel_weights must be one finite weight >= 0 per channel" in causes(raised.value)
+
+
+def test_cache_on_device_trains_exactly_as_the_disk_cache(shared, tmp_path):
+    """Holding the stage-1 set on the device (GPU runs; here CPU memory) changes where the items live, not what the
+    network sees: the same seed gives the same weights after two epochs."""
+    weights = {}
+    for on_device in (False, True):
+        settings = overrides(shared, tmp_path / str(on_device), max_epochs=2, cache_on_device=on_device)
+        wf = workflow(TRAIN, settings)
+        loader = wf.parser.get_parsed_content("train#dataloader")
+        assert isinstance(loader.dataset, DeviceCachedDataset) == on_device
+        assert loader.num_workers == 0
+        wf.run()
+        weights[on_device] = {k: v.clone() for k, v in wf.parser.get_parsed_content("network").state_dict().items()}
+    for key, value in weights[False].items():
+        torch.testing.assert_close(weights[True][key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("config", [TRAIN, TRAIN_SR])
+def test_flags_typed_on_the_command_line_are_read_as_booleans(config):
+    """``--amp false`` reaches the config as the string 'false' (fire keeps lower-case words as text), which is
+    truthy: every flag goes through parse_bool, so it means False, and a word that is no flag fails in one line."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config)
+    for text, value in (("false", False), ("true", True), ("False", False), (True, True)):
+        parser.update({"amp": text, "resume": text})
+        assert parser.get_parsed_content("flags#amp", lazy=False) is value
+        assert parser.get_parsed_content("flags#resume", lazy=False) is value
+    parser.update({"amp": "maybe"})
+    with pytest.raises(RuntimeError) as raised:
+        parser.get_parsed_content("flags#amp", lazy=False)
+    assert "--amp must be true or false, got 'maybe'" in causes(raised.value)

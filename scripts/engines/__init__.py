@@ -15,6 +15,7 @@ from scripts.engines.checks import check_context_width, check_training_config, p
 from scripts.engines.data import (
     AttachReportContext,
     ConfigError,
+    DeviceCachedDataset,
     dataset_cache_dir,
     default_datalist,
     fill_embedding_cache,

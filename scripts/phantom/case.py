@@ -18,7 +18,7 @@ from .reports import write_report
 from .tissues import HU_MEAN, HU_SD, LUNG_TISSUES, Tissue, lut
 from .trees import build_trees
 
-VERSION = "1.0"
+VERSION = "2.0"  # 2.0: space-filling trees, tapered rib cage, curved ribs, turned heart, varied reports
 GENERATOR = f"scripts.phantom {VERSION}"
 LAA_THRESHOLD_HU = -950
 # tissues inside the inner thoracic wall: the thoracic width of the cardiothoracic ratio is their left-right extent

@@ -55,7 +55,7 @@ def _halves(points: np.ndarray, origin: np.ndarray, axis: np.ndarray) -> tuple[n
     perpendicular to ``axis``."""
     rel = points - origin
     across = rel - np.outer(rel @ axis, axis)
-    across = across - across.mean(axis=0)
+    across = across - across.sum(axis=0) / len(across)  # sum / n: np.mean's overhead dominates on small arrays
     _, vectors = np.linalg.eigh(across.T @ across)
     side = across @ vectors[:, -1] > 0
     return points[side], points[~side]
@@ -95,7 +95,7 @@ def grow_tree(
     stack = [(region, np.asarray(start, dtype=np.float64), float(radius), int(generation), -1)]
     while stack:
         points, begin, r, gen, parent = stack.pop()
-        to_centroid = points.mean(axis=0) - begin
+        to_centroid = points.sum(axis=0) / len(points) - begin
         direction = unit(to_centroid)
         length = max(LENGTH_FRACTION * float(np.linalg.norm(to_centroid)), 2.0 * r)
         end = begin + direction * length
