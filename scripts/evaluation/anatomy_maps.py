@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from scripts.anatomy.backends import Backend, backend_factory
 from scripts.data.io import read_nifti
-from scripts.evaluation.anatomy_measures import spacing_of
+from scripts.evaluation.anatomy_measures import measures_summary, spacing_of
 from scripts.evaluation.data import check_ct
 from scripts.evaluation.segmentation import dice
 from scripts.text.reports import read_json_file
@@ -148,15 +148,6 @@ def training_fractions(items: Sequence[Mapping[str, Any]], shape: Sequence[int])
     return {key: float(np.mean([r[key] for r in rows])) for key in STRUCTURES}
 
 
-def _summary(values: Sequence[float]) -> dict[str, float]:
-    values = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(values.mean()),
-        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
-
-
 def evaluate_maps(
     folder: str | Path,
     training_items: Sequence[Mapping[str, Any]] | None = None,
@@ -207,7 +198,7 @@ def evaluate_maps(
     result: dict[str, Any] = {
         "backend": backend.name,
         "samples": rows,
-        "summary": {key: _summary([row[key] for row in rows.values()]) for key in numeric},
+        "summary": measures_summary([{key: row[key] for key in numeric} for row in rows.values()]),
         "in_order": float(np.mean([row["lobes_in_order"] for row in rows.values()])),
     }
     if training_items:

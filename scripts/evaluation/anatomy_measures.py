@@ -327,6 +327,21 @@ def widths(heart: np.ndarray, thorax: np.ndarray, spacing: Sequence[float]) -> d
     return {"heart_width_mm": heart_mm, "thorax_width_mm": thorax_mm, "cardiothoracic_ratio": heart_mm / thorax_mm}
 
 
+def measures_summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, sd and n of each measure over volumes (NaN values, e.g. no heart found, are left out and counted)."""
+    out = {}
+    for key in rows[0] if rows else ():
+        values = np.array([r[key] for r in rows], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        out[key] = {
+            "mean": float(finite.mean()) if len(finite) else float("nan"),
+            "std": float(finite.std(ddof=1)) if len(finite) > 1 else 0.0,
+            "n": int(len(finite)),
+            "missing": int(len(values) - len(finite)),
+        }
+    return out
+
+
 def measure_ct(
     ct_hu: np.ndarray,
     spacing: Sequence[float],

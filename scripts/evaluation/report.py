@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from scripts.data.io import write_json, write_text
 from scripts.evaluation.adherence import study_markdown
 from scripts.evaluation.agreement import agreement_markdown
@@ -18,21 +16,6 @@ from scripts.evaluation.anatomy_maps import maps_markdown
 from scripts.evaluation.anatomy_measures import MEASURES
 from scripts.evaluation.memorisation import audit_markdown
 from scripts.evaluation.segmentation import segmentation_markdown
-
-
-def measures_summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean, sd and n of each measure over volumes (NaN values, e.g. no heart found, are left out and counted)."""
-    out = {}
-    for key in rows[0] if rows else ():
-        values = np.array([r[key] for r in rows], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        out[key] = {
-            "mean": float(finite.mean()) if len(finite) else float("nan"),
-            "std": float(finite.std(ddof=1)) if len(finite) > 1 else 0.0,
-            "n": int(len(finite)),
-            "missing": int(len(values) - len(finite)),
-        }
-    return out
 
 
 def _measures_md(result: dict) -> str:

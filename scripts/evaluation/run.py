@@ -34,7 +34,8 @@ from scripts.evaluation import (
     memorisation,
     segmentation,
 )
-from scripts.evaluation.report import measures_summary, write_report
+from scripts.evaluation.anatomy_measures import measures_summary
+from scripts.evaluation.report import write_report
 
 PARTS = ("measures", "fid", "fid_2p5d", "memorisation", "adherence", "maps", "segmentation", "agreement", "ctclip")
 DEFAULT_PARTS = ("measures", "fid", "fid_2p5d", "memorisation")
