@@ -124,13 +124,13 @@ def _artery_along(anat: Anatomy, bronchi: list[Branch], start: np.ndarray, lobe:
 
 
 def airway_wall(radius: float) -> float:
-    """Airway wall thickness (mm) for a lumen radius: ~0.2 of the lumen diameter in large airways (Weibel), at
-    least 0.8 mm so that the walls of small bronchi stay visible at 1.25 mm, as they do on real CT."""
+    """Airway wall thickness (mm) for a lumen radius: a fifth of the lumen diameter, at least 0.8 mm so that the
+    walls of small bronchi stay visible at 1.25 mm, as they do (partial-volumed) on real CT."""
     return max(0.8, 0.4 * radius)
 
 
 def build_trees(anat: Anatomy) -> Trees:
-    """Draw the airway tree, pulmonary arteries and veins, aorta and oesophagus of one subject.
+    """Draw the airway tree, pulmonary arteries and veins, great vessels and oesophagus of one subject.
 
     The central parts (trachea, main and intermediate bronchi, pulmonary trunk and hilar arteries, venous
     confluences) follow fixed landmarks; inside each lobe the airway and the veins are space-filling trees
