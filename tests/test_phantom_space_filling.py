@@ -102,3 +102,18 @@ def test_phantom_vessels_are_the_lungs_dominant_bright_structure():
     # of what is brighter than -300 HU inside the lungs, most is vessel (the rest: bronchial walls)
     bright = (case.ct_hu > -300) & lungs
     assert (case.vessel.astype(bool) & bright).sum() > 0.6 * bright.sum()
+
+
+def test_a_coarse_grid_grows_only_the_vessels_it_draws_and_draws_the_same(monkeypatch):
+    """generate_case stops vessel division at the thinnest tube its grid draws: same arrays as the full trees."""
+    import scripts.phantom.case as case_module
+    from scripts.phantom.trees import build_trees
+
+    coarse = case_module.generate_case(64, 3, None)
+    monkeypatch.setattr(case_module, "build_trees", lambda anat, drawn_radius=0.0: build_trees(anat))
+    full = case_module.generate_case(64, 3, None)
+    for key in ("ct_hu", "lobe", "airway", "vessel", "tissue"):
+        np.testing.assert_array_equal(getattr(coarse, key), getattr(full, key), err_msg=key)
+    assert coarse.report == full.report
+    grown, complete = coarse.truth["tree_segments"], full.truth["tree_segments"]
+    assert grown["airway"] == complete["airway"] and grown["vein"] < complete["vein"] / 5

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from ..data.io import ras_affine
 from .anatomy import Anatomy
-from .build import Volumes, build_volumes, finalise_airway
+from .build import RESOLVED_FRACTION, Volumes, build_volumes, finalise_airway
 from .findings import Finding, FindingSpec
 from .geometry import FOV_MM, Grid, check_size, smooth_noise
 from .lesions import apply_findings
@@ -192,7 +192,7 @@ def generate_case(
     resolved = spec.resolve(s_find)
     ctr = next((f.parameters["target_ctr"] for f in resolved if f.type == "cardiomegaly"), None)
     anat = Anatomy.sample(s_anat, ctr=ctr)
-    trees = build_trees(anat)
+    trees = build_trees(anat, drawn_radius=RESOLVED_FRACTION * grid.spacing)
     v = build_volumes(anat, trees, grid)
     apply_findings(v, resolved, s_lesion)
     airway = finalise_airway(v)

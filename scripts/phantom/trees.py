@@ -102,9 +102,12 @@ def _beside(direction: np.ndarray, distance: float) -> np.ndarray:
     raise AssertionError("unreachable: a direction cannot be parallel to two orthogonal axes")
 
 
-def _artery_along(anat: Anatomy, bronchi: list[Branch], start: np.ndarray, lobe: int) -> list[Segment]:
+def _artery_along(
+    anat: Anatomy, bronchi: list[Branch], start: np.ndarray, lobe: int, vessel_min: float
+) -> list[Segment]:
     """The pulmonary artery of one lobe: beside every bronchus of its tree (from ``start``, the end of the lobar
-    artery's stem), then on past each terminal bronchus as a space-filling tree of the region it supplies."""
+    artery's stem), then on past each terminal bronchus as a space-filling tree of the region it supplies, dividing
+    down to ``vessel_min`` mm."""
     inside = _inside(anat, lobe)
     ends: list[np.ndarray] = []
     out: list[Segment] = []
@@ -117,8 +120,8 @@ def _artery_along(anat: Anatomy, bronchi: list[Branch], start: np.ndarray, lobe:
             end = np.asarray(b.end)
         ends.append(end)
         out.append(Segment(tuple(begin), tuple(end), r, r, False, lobe, b.generation))
-        if b.region is not None and r > VESSEL_MIN_RADIUS:
-            beyond = grow_tree(b.region, end, r, b.generation + 1, inside, min_radius=VESSEL_MIN_RADIUS)
+        if b.region is not None and r > vessel_min:
+            beyond = grow_tree(b.region, end, r, b.generation + 1, inside, min_radius=vessel_min)
             out += _segments(beyond, lobe)
     return out
 
@@ -129,18 +132,26 @@ def airway_wall(radius: float) -> float:
     return max(0.8, 0.4 * radius)
 
 
-def build_trees(anat: Anatomy) -> Trees:
+def build_trees(anat: Anatomy, drawn_radius: float = 0.0) -> Trees:
     """Draw the airway tree, pulmonary arteries and veins, great vessels and oesophagus of one subject.
 
     The central parts (trachea, main and intermediate bronchi, pulmonary trunk and hilar arteries, venous
     confluences) follow fixed landmarks; inside each lobe the airway and the veins are space-filling trees
     (:func:`~.space_filling.grow_tree`) of the lobe's volume, and the arteries run beside the bronchi and on
     past them to the periphery. Nothing is random: the subject's shape decides every branch.
+
+    Args:
+        anat: the subject.
+        drawn_radius: the thinnest peripheral tube the caller will draw (mm). Vessels stop dividing there instead
+            of at :data:`VESSEL_MIN_RADIUS` when that is larger: a branch's daughters are never wider than it, so
+            every tube that will be drawn is the same, and a coarse grid skips growing the thousands it would not
+            draw. Airways always grow in full (the arteries follow them).
     """
     a, cx = anat.cav_a, anat.cx
     sx, sy = anat.spine_centre()
     zc = anat.z_carina
     points = lobe_points(anat)
+    vessel_min = max(VESSEL_MIN_RADIUS, drawn_radius)
     centroid = {lobe: p.mean(axis=0) for lobe, p in points.items()}
     rt = anat.trachea_radius
     ty = sy + 38.0 + rt  # trachea lies just in front of the oesophagus, which lies in front of the spine
@@ -189,7 +200,7 @@ def build_trees(anat: Anatomy) -> Trees:
         if anat.lobe_at(start) != lobe:
             start = np.asarray(root.start)
         artery.append(Segment(tuple(hilum), tuple(start), r, r, True, 0, 2))
-        artery += _artery_along(anat, bronchi[lobe], start, lobe)
+        artery += _artery_along(anat, bronchi[lobe], start, lobe, vessel_min)
 
     # --- pulmonary veins: from the left atrium (back of the heart) to the lower hilum of each lobe, then a
     # space-filling tree of their own that runs between the bronchovascular bundles
@@ -203,7 +214,7 @@ def build_trees(anat: Anatomy) -> Trees:
                 Segment(tuple(atrium), tuple(root), 7.0, 6.5, True),
                 Segment(tuple(root), tuple(entry), 5.5, 5.0, True),
             ]
-            tree = grow_tree(points[lobe], entry, 5.0, 2, _inside(anat, lobe), min_radius=VESSEL_MIN_RADIUS)
+            tree = grow_tree(points[lobe], entry, 5.0, 2, _inside(anat, lobe), min_radius=vessel_min)
             vein += _segments(tree, lobe)
 
     # --- aorta: ascending (right of midline), arch over the left main bronchus, descending left of the spine
