@@ -93,7 +93,7 @@ def test_second_run_does_nothing(tmp_path, side_backend):
         return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != batch.SUMMARY_NAME}
 
     before = stamps()
-    second = batch.make_masks(datalist, out, backend="side", progress=False)
+    second = batch.make_masks(datalist, out, backend="side", progress=False, overwrite="false")  # as typed
     assert second.count("skipped") == 3 and second.count("done") == 0 and side_backend.calls == 3
     assert stamps() == before and len(before) == 3 * 4 + 1
     # an interrupted case (no marker) is redone; --overwrite redoes everything

@@ -46,3 +46,13 @@ def test_gpu_suite_runs_sampling_and_training_cases_on_tiny_networks(tmp_path):
     assert json.loads((tmp_path / "gpu_suite.json").read_text())["cases"] == [
         {"case": "bf16_ddim", "skipped": "time budget spent"}
     ]
+
+
+def test_phantom_measures_prints_the_table_of_docs_phantom(capsys):
+    from benchmarks import phantom_measures
+
+    assert phantom_measures.main(["--num", "2", "--sizes", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "| measure | 32³ (10 mm) | published adult |" in out
+    for row in ("lungs (L)", "airway lumen (mL)", "vessels / lungs (%)", "deepest airway generation drawn"):
+        assert f"| {row} |" in out

@@ -44,15 +44,19 @@ def test_run_writes_report_json_and_figures(data):
     assert "## Distribution distances" in text and "memorisation_closest.png" in text
     assert (out / "memorisation_closest.png").is_file()
     assert result["paths"]["markdown"] == out / "report.md"
-    with pytest.raises(FileExistsError, match="overwrite"):
-        run.run_evaluation(
-            out,
-            ["measures"],
-            data / "synthetic",
-            real_datalist=data / "real" / "datalist.json",
-            real_split="training",
-            progress=False,
-        )
+    for refuse in (False, "false"):  # "false" is what `monai.bundle run evaluate --overwrite false` passes
+        with pytest.raises(FileExistsError, match="overwrite"):
+            run.run_evaluation(
+                out,
+                ["measures"],
+                data / "synthetic",
+                real_datalist=data / "real" / "datalist.json",
+                real_split="training",
+                progress=False,
+                overwrite=refuse,
+            )
+    with pytest.raises(ValueError, match="--overwrite must be true or false, got 'maybe'"):
+        run.run_evaluation(out, ["measures"], data / "synthetic", overwrite="maybe")
 
 
 def test_missing_inputs_and_weights_fail_before_any_work(data, tmp_path):

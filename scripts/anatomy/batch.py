@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from scripts.anatomy.backends import AUTO, describe_plan, plan_backends
 from scripts.anatomy.base import STRUCTURES, Backend
+from scripts.cli import parse_bool
 from scripts.data.datalist import (
     IMAGE_KEY,
     PATH_KEYS,
@@ -297,6 +298,7 @@ def make_masks(
             a datalist or mask files this command did not write (``out_dir`` is the dataset folder).
         DataError: an unreadable datalist (or, with ``on_error="stop"``, a malformed item).
     """
+    overwrite = parse_bool(overwrite, "overwrite")  # "false" from `monai.bundle run` is a truthy string
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if workers < 1:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from scripts.cli import parse_bool
 from scripts.data.io import read_nifti, refuse_existing
 from scripts.evaluation import (
     adherence,
@@ -205,6 +206,9 @@ def run_evaluation(
         ctclip_weights, ctclip_text_config: the CT-CLIP checkpoint and CXR-BERT's config.json (with its vocab.txt)
             for ``ctclip``; default the ``ct_clip`` and ``cxr_bert_specialized`` entries of ``large_files``.
     """
+    # from `monai.bundle run` these may be the words "true"/"false" (truthy strings): read them as flags first
+    overwrite, progress = parse_bool(overwrite, "overwrite"), parse_bool(progress, "progress")
+    random_weights = parse_bool(random_weights, "weights#random")
     parts = list(dict.fromkeys(parts))
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
