@@ -14,8 +14,8 @@
 # earlier calls carried); the script joins `*.whl.part-*` from both folders before installing.
 #
 # Tried at tiny size on CPU before any device run (the command is in docs/training.md, "Demo weights"):
-#   SIZE=32 SETS=2 CASES=16 PRESET=tiny NET_OVERRIDES="{'context_dim': 384}" STAGE_S=60 SAMPLES=2 FULL_SAMPLES=1 \
-#       AMP=false BATCH1=2 BATCH2=2 CROP="[8, 16, 16]" WORKERS=0 OUT=/tmp/demo_tiny bash benchmarks/demo_training.sh
+#   OMP_NUM_THREADS=1 SIZE=32 SETS=2 CASES=16 PRESET=tiny NET_OVERRIDES="{'context_dim': 384}" STAGE_S=60 \
+#       SAMPLES=2 FULL_SAMPLES=1 AMP=false BATCH1=2 BATCH2=2 CROP="[8, 16, 16]" WORKERS=0 OUT=/tmp/demo_tiny bash benchmarks/demo_training.sh
 #
 # Knobs (environment): SETS x CASES phantom cases at SIZE³ (default 16 x 32 at 256³, seeds 1000+), PRESET,
 # STAGE_S seconds of training for both stages together (default 420), BATCH1/BATCH2, LR1/LR2, CROP (stage 2's
