@@ -97,8 +97,10 @@ def _ribs(anat: Anatomy, section: np.ndarray, x: np.ndarray, y: np.ndarray, z: f
     A rib leaves the spine about level, then curves down around the chest to its cartilage in front, ~0.9 of
     the cavity's depth lower (the curve of a rib seen from the side); a section cuts each rib in short arcs.
     """
+    if not anat.z_dia_left - anat.dome_drop - 25.0 < z < anat.z_apex + 10.0:
+        return
     ring = (anat.layer_q(x, y, 1.0 + anat.rib, z) <= 1) & (anat.cavity_q(x, y, z) > 1)
-    if not ring.any() or not anat.z_dia_left - anat.dome_drop - 25.0 < z < anat.z_apex + 10.0:
+    if not ring.any():
         return
     ix, iy = np.nonzero(ring)
     xv, yv = x[ix, 0], y[0, iy]

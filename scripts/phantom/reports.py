@@ -1,9 +1,9 @@
 """Radiology reports for phantom cases: "Findings:" and "Impression:" in chest-CT language, consistent with truth.
 
 Wording varies with the seed the ways radiologists vary it: synonyms ("pleural effusion", "pleural fluid";
-"cardiomegaly", "enlarged heart"), severity and laterality words ("large", "large-volume"; "right", "right-sided",
-"on the right"), hedges ("likely", "there appears to be"), negations in several forms ("No ...", "There is no ...",
-"Negative for ...", "... is absent") and the order of the organ systems; the content never does: effusion
+"cardiomegaly", "cardiac enlargement"), severity and laterality words ("large", "large-volume"; "right",
+"right-sided", "on the right"), hedges ("likely", "there appears to be"), negations in several forms ("No ...",
+"There is no ...", "Negative for ...", "No ... identified") and the order of the organ systems; the content never does: effusion
 severity and cardiomegaly come from the *measured* truth (effusion volume per side, cardiothoracic ratio) with the
 ranges of ``findings.py``, the other findings from their resolved parameters. Every normal organ system is stated
 as a negation so prompt-adherence pairs have clean negatives. Some words are kept out on purpose ("cardiac
@@ -13,12 +13,14 @@ silhouette", "fluid collection", "hemithorax"): the held-out adherence pairs use
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..conventions import LOBE_LABELS
 from .findings import CTR_RANGES, EFFUSION_ML, Finding, severity_of
+
+T = TypeVar("T")
 
 # radiology words for the three severities, per finding
 _DEGREE = {"small": "mild", "moderate": "moderate", "large": "severe"}
@@ -54,10 +56,10 @@ def _negation(rng: np.random.Generator, thing: str) -> str:
 
 def _side(rng: np.random.Generator, side: str) -> tuple[str, str]:
     """(adjective, trailing phrase) for a side: ("right", "") or ("right-sided", "") or ("", " on the right")."""
-    return _pick(rng, [(side, ""), (side, ""), (f"{side}-sided", ""), ("", f" on the {side}")])  # type: ignore[list-item]
+    return _pick(rng, [(side, ""), (side, ""), (f"{side}-sided", ""), ("", f" on the {side}")])
 
 
-def _pick(rng: np.random.Generator, options: list[str]) -> str:
+def _pick(rng: np.random.Generator, options: list[T]) -> T:
     return options[int(rng.integers(len(options)))]
 
 
@@ -104,7 +106,6 @@ def _effusion(truth: dict[str, Any], rng: np.random.Generator) -> tuple[list[str
         word = _pick(rng, list(_EFFUSION_WORDS[sev[side]]))
         adjective, trailing = _side(rng, side)
         lead = f"{word} {adjective}".rstrip()
-        amount = {"small": "small", "moderate": "moderate", "large": "large"}[sev[side]]
         findings.append(
             _pick(
                 rng,
@@ -114,7 +115,7 @@ def _effusion(truth: dict[str, Any], rng: np.random.Generator) -> tuple[list[str
                     f"{_cap(_article(word))} {word} pleural effusion is present on the {side}.",
                     f"Likely {lead} pleural effusion{trailing}.",
                     f"There appears to be {_article(lead)} {lead} pleural effusion{trailing}.",
-                    f"{_cap(amount)} amount of {side} pleural fluid.",
+                    f"{_cap(sev[side])} amount of {side} pleural fluid.",
                 ],
             )
         )

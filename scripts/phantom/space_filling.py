@@ -96,8 +96,9 @@ def grow_tree(
     while stack:
         points, begin, r, gen, parent = stack.pop()
         to_centroid = points.sum(axis=0) / len(points) - begin
-        direction = unit(to_centroid)
-        length = max(LENGTH_FRACTION * float(np.linalg.norm(to_centroid)), 2.0 * r)
+        distance = float(np.sqrt(to_centroid @ to_centroid))
+        direction = to_centroid / max(distance, 1e-9)
+        length = max(LENGTH_FRACTION * distance, 2.0 * r)
         end = begin + direction * length
         for shorter in (0.5, 0.25):
             if inside is None or inside(end):
