@@ -1,11 +1,12 @@
-"""Phantom geometry: the scalar and array lobe functions agree, every size draws the same body, reports vary."""
+"""Phantom geometry: the scalar and array lobe functions agree, the fast drawing primitives equal the plain ones,
+every size draws the same body, reports vary."""
 
 import numpy as np
 import pytest
 
 from scripts.phantom import generate_case
 from scripts.phantom.anatomy import Anatomy
-from scripts.phantom.geometry import FOV_MM, Grid
+from scripts.phantom.geometry import FOV_MM, Grid, smooth_noise, tube_distance, tubes_voxels
 from tests.test_phantom import negates
 
 
@@ -18,6 +19,57 @@ def test_scalar_and_vector_lobe_functions_agree():
         scalar = np.array([anat.lobe_at(p) for p in points])
         np.testing.assert_array_equal(vector, scalar)
         assert set(np.unique(vector)) == {0, 1, 2, 3, 4, 5}
+
+
+def test_batched_tubes_cover_exactly_what_one_tube_at_a_time_covers():
+    grid = Grid(96)
+    rng = np.random.default_rng(3)
+    p0 = rng.uniform(-170, 170, size=(300, 3))  # some boxes reach past the grid's edge
+    p1 = p0 + rng.normal(0, 12, size=(300, 3))
+    p1[:5] = p0[:5]  # zero-length tubes are spheres
+    radii = rng.uniform(0.1, 6.0, size=(300, 2))
+    segments = np.concatenate([p0, p1, radii], axis=1)
+    min_radius = 2.0
+    expected = []
+    for k, (a, b, (r0, r1)) in enumerate(zip(p0, p1, radii)):
+        hit = tube_distance(grid, a, b, max(r0, r1, min_radius))
+        if hit is not None:
+            box, dist, t = hit
+            inside = np.zeros(grid.shape, bool)
+            inside[box] = dist <= np.maximum(r0 + (r1 - r0) * t, min_radius)
+            expected += [(k, int(i)) for i in np.flatnonzero(inside)]
+    # a small chunk makes the batches split the tubes several times
+    got = [
+        (int(s), int(i))
+        for seg, idx in tubes_voxels(grid, segments, min_radius, chunk_voxels=5000)
+        for s, i in zip(seg, idx)
+    ]
+    assert len(expected) > 1000
+    assert sorted(got) == sorted(expected)
+
+
+def test_lung_bounds_hold_the_whole_lung():
+    grid = Grid(64)
+    x, y, z = grid.coords()
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        anat = Anatomy.sample(rng, ctr=float(rng.uniform(0.4, 0.75)))
+        box = grid.index_box(*anat.lung_bounds())
+        lung = anat.lung_region(x, y, z)
+        outside = lung.copy()
+        outside[box] = False
+        assert lung.any() and not outside.any()
+
+
+def test_smooth_noise_is_normalised_smooth_and_reproducible():
+    a = smooth_noise((40, 50, 60), 2.0, 10.0, np.random.default_rng(1))
+    b = smooth_noise((40, 50, 60), 2.0, 10.0, np.random.default_rng(1))
+    assert a.shape == (40, 50, 60) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert abs(float(a.mean())) < 1e-4 and float(a.std()) == pytest.approx(1.0, abs=1e-3)
+    # neighbours 2 mm apart are nearly equal, points a cell (10 mm) apart are not
+    assert np.corrcoef(a[:-1].ravel(), a[1:].ravel())[0, 1] > 0.9
+    assert np.corrcoef(a[:-5].ravel(), a[5:].ravel())[0, 1] < 0.6
 
 
 def test_grid_matches_ras_affine_and_fixed_fov():

@@ -9,6 +9,7 @@ dependent side.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -173,9 +174,14 @@ class Anatomy:
         """Top of the lung above (x, y): a dome over each lung's cross-section."""
         return self.z_apex - 75.0 * np.minimum(self.lung_q(x, y), 1.3)
 
+    @cached_property
+    def _heart_turn(self) -> tuple[float, float]:
+        # cos and sin of the heart's turn, taken once: tree growing asks heart_q of ~15 000 single points
+        return float(np.cos(self.heart_angle)), float(np.sin(self.heart_angle))
+
     def heart_q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, grow: float = 0.0) -> np.ndarray:
         """Normalised radius² of the heart ellipsoid grown by ``grow`` mm (scalars or arrays)."""
-        c, s = np.cos(self.heart_angle), np.sin(self.heart_angle)
+        c, s = self._heart_turn
         dx, dy = x - self.heart_x, y - self.heart_y
         along, across = dx * c - dy * s, dx * s + dy * c  # long axis towards the patient's left and anterior
         return (
@@ -201,6 +207,14 @@ class Anatomy:
         return z - (self.fissure_horizontal + 0.08 * (y - self.cy))
 
     # --- lungs ---------------------------------------------------------------------------------------------
+    def lung_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """World box (lo, hi), mm, that holds every point of :meth:`lung_region`: the cavity at its widest, from
+        the lowest costophrenic recess to the apex. Painting inside it alone skips half of a 256³ grid."""
+        lowest = min(self.z_dia_right, self.z_dia_left) - 1.3 * self.dome_drop - 22.0
+        lo = np.array([self.cx - self.cav_a, self.cy - self.cav_b, lowest])
+        hi = np.array([self.cx + self.cav_a, self.cy + self.cav_b, self.z_apex])
+        return lo, hi
+
     def lung_region(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Boolean: inside a lung (before airways, vessels and findings are carved), broadcast over x, y, z."""
         cav = self.cavity_q(x, y, z) <= 1.0

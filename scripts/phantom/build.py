@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .anatomy import Anatomy
-from .geometry import Grid, largest_component, tube_distance
+from .geometry import Grid, largest_component, tube_distance, tubes_voxels
 from .tissues import LUNG_TISSUES, Tissue, lut
 from .trees import Segment, Trees, airway_wall
 
@@ -137,14 +137,20 @@ def _spine(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
     v.tissue[px, py, :] = Tissue.CORD
 
 
-def _lungs(v: Volumes, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
+def _lungs(v: Volumes) -> None:
     """Lung parenchyma with lobes and fissures."""
     anat = v.anatomy
+    box = v.grid.index_box(*anat.lung_bounds())
+    if box is None:
+        return
+    x, y, z = v.grid.box_coords(box)
     inside = anat.lung_region(x, y, z)
-    v.lobe_region = anat.lobe_of(x, y, z, inside=inside)
-    v.tissue[inside] = Tissue.LUNG
+    lobe = anat.lobe_of(x, y, z, inside=inside)
+    v.lobe_region[box] = lobe
+    sub = v.tissue[box]
+    sub[inside] = Tissue.LUNG
     half = 0.7  # a fissure is a ~1.4 mm sheet: one voxel at 1.25 mm, a broken line at coarser spacings
-    v.tissue[anat.fissures(x, y, z, v.lobe_region, half)] = Tissue.FISSURE
+    sub[anat.fissures(x, y, z, lobe, half)] = Tissue.FISSURE
 
 
 def _heart(v: Volumes) -> None:
@@ -211,14 +217,23 @@ def _airway(v: Volumes, segs: list[Segment]) -> None:
 
 
 def _vessels(v: Volumes, segs: list[Segment]) -> None:
-    """Pulmonary arteries and veins: blood-density tubes, the vessel label where they are drawn."""
+    """Pulmonary arteries and veins: blood-density tubes, the vessel label where they are drawn.
+
+    All tubes are drawn at once (:func:`tubes_voxels`): vessel tissue is allowed under every vessel, so the
+    order of drawing does not change the result.
+    """
     min_r = 0.5 * v.grid.spacing
-    for seg in _resolved(segs, v.grid.spacing):
-        allowed = _CENTRAL_VESSEL_OK if seg.central else _PERIPHERAL_OK
-        hit = paint_tube(v, seg, Tissue.PULM_VESSEL, allowed, min_r)
-        if hit is not None:
-            box, mask = hit
-            v.vessel[box] |= mask
+    segs = _resolved(segs, v.grid.spacing)
+    assert _CENTRAL_VESSEL_OK[Tissue.PULM_VESSEL] and _PERIPHERAL_OK[Tissue.PULM_VESSEL]
+    central = np.array([s.central for s in segs], dtype=bool)
+    ends = np.array([(*s.p0, *s.p1, s.r0, s.r1) for s in segs], dtype=np.float64).reshape(-1, 8)
+    # flat views of the (C-contiguous) label arrays
+    tissue, vessel = v.tissue.reshape(-1), v.vessel.reshape(-1)
+    for seg, idx in tubes_voxels(v.grid, ends, min_r):
+        under = tissue[idx]
+        idx = idx[np.where(central[seg], _CENTRAL_VESSEL_OK[under], _PERIPHERAL_OK[under])]
+        tissue[idx] = Tissue.PULM_VESSEL
+        vessel[idx] = True
 
 
 def build_volumes(anat: Anatomy, trees: Trees, grid: Grid) -> Volumes:
@@ -232,7 +247,7 @@ def build_volumes(anat: Anatomy, trees: Trees, grid: Grid) -> Volumes:
         grid, anat, tissue, np.zeros(grid.shape, np.uint8), np.zeros(grid.shape, bool), np.zeros(grid.shape, bool)
     )
     _abdomen(v, x, y, z, tissue == Tissue.MEDIASTINUM)
-    _lungs(v, x, y, z)
+    _lungs(v)
     _spine(v, x2, y2, z)
     _heart(v)
     central = [s for s in trees.airway + trees.artery + trees.vein if s.central]

@@ -7,6 +7,7 @@ only the sampling changes. Arrays are indexed (x, y, z).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,58 @@ def tube_distance(
     return box, dist, t
 
 
+def tubes_voxels(
+    grid: Grid, segments: np.ndarray, min_radius: float = 0.0, chunk_voxels: int = 1 << 21
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The voxels that many tapered tubes cover, computed for all of them at once.
+
+    Same distances and radii as :func:`tube_distance` (one box per tube, float32 arithmetic in the same order),
+    without its per-tube Python cost: a 256³ vascular tree is some 15 000 tubes of a few hundred voxels each.
+
+    Args:
+        grid: the voxel grid.
+        segments: (n, 8) array of tubes, each ``x0, y0, z0, x1, y1, z1, r0, r1`` (mm), radius tapering linearly.
+        min_radius: every tube is at least this thick (mm).
+        chunk_voxels: box voxels examined at a time (bounds the memory: ~40 bytes each).
+
+    Yields:
+        (tube index, flat voxel index into ``grid.shape``) of every covered voxel, tubes in order; a voxel
+        covered by several tubes appears once per tube.
+    """
+    segments = np.asarray(segments, dtype=np.float64).reshape(-1, 8)
+    p0 = segments[:, 0:3].astype(np.float32)
+    p1 = segments[:, 3:6].astype(np.float32)
+    r0, r1 = segments[:, 6], segments[:, 7]
+    reach = np.maximum(np.maximum(r0, r1), min_radius).astype(np.float32)[:, None]
+    lo = np.maximum(np.floor((np.minimum(p0, p1) - reach - grid.origin) / grid.spacing).astype(np.int64), 0)
+    hi = np.minimum(np.ceil((np.maximum(p0, p1) + reach - grid.origin) / grid.spacing).astype(np.int64) + 1, grid.size)
+    extent = np.maximum(hi - lo, 0)
+    count = extent.prod(axis=1)
+    d = p1 - p0
+    # one dot product per tube, as tube_distance takes it, so that t is bit-for-bit the same
+    length2 = np.array([float(v @ v) or 1e-12 for v in d], dtype=np.float32)
+    slope = (r1 - r0).astype(np.float32)
+    axis = grid.axis()
+    ends = np.cumsum(count)
+    first = 0
+    while first < len(count):
+        last = int(np.searchsorted(ends, ends[first] - count[first] + chunk_voxels, side="right"))
+        last = max(last, first + 1)
+        seg = np.repeat(np.arange(first, last), count[first:last])
+        if len(seg):
+            k = np.arange(len(seg)) - np.repeat(np.cumsum(count[first:last]) - count[first:last], count[first:last])
+            ny, nz = extent[seg, 1], extent[seg, 2]
+            ix, iy, iz = lo[seg, 0] + k // (ny * nz), lo[seg, 1] + (k // nz) % ny, lo[seg, 2] + k % nz
+            rx, ry, rz = axis[ix] - p0[seg, 0], axis[iy] - p0[seg, 1], axis[iz] - p0[seg, 2]
+            dx, dy, dz = d[seg, 0], d[seg, 1], d[seg, 2]
+            t = np.clip((rx * dx + ry * dy + rz * dz) / length2[seg], np.float32(0), np.float32(1))
+            dist = np.sqrt((rx - t * dx) ** 2 + (ry - t * dy) ** 2 + (rz - t * dz) ** 2)
+            radius = np.maximum(r0[seg].astype(np.float32) + slope[seg] * t, np.float32(min_radius))
+            inside = dist <= radius
+            yield seg[inside], np.ravel_multi_index((ix[inside], iy[inside], iz[inside]), grid.shape)
+        first = last
+
+
 def sphere_box(grid: Grid, centre: np.ndarray, radius: float) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
     """Index box around a sphere and the distance (mm) of its voxels to the centre."""
     c = np.asarray(centre, dtype=np.float32)
@@ -121,14 +174,21 @@ def smooth_noise(shape: tuple[int, ...], spacing: float, cell_mm: float, rng: np
     filtering full-resolution noise, and the feature size stays the same in mm at every array size.
     """
     coarse_shape = tuple(max(2, int(np.ceil(n * spacing / cell_mm)) + 1) for n in shape)
-    coarse = rng.standard_normal(coarse_shape).astype(np.float32)
-    field = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse_shape)], order=1, grid_mode=False)
-    field = field[tuple(slice(0, n) for n in shape)]
-    if field.shape != tuple(shape):  # zoom may round one short; pad by edge values
-        field = np.pad(field, [(0, n - f) for n, f in zip(shape, field.shape)], mode="edge")
+    field = rng.standard_normal(coarse_shape).astype(np.float32)
+    # linear interpolation is separable: one axis at a time (a 256³ lung field in ~0.05 s; ndimage.zoom took 0.25)
+    for axis, n in enumerate(shape):
+        c = field.shape[axis]
+        position = np.arange(n, dtype=np.float64) * ((c - 1) / max(n - 1, 1))  # lattice ends on the end voxels
+        below = np.minimum(position.astype(np.int64), c - 2)
+        weight = (position - below).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(len(shape))])
+        lo, hi = np.take(field, below, axis=axis), np.take(field, below + 1, axis=axis)
+        field = lo + (hi - lo) * weight
     field -= field.mean()
-    std = float(field.std())
-    return field / std if std > 0 else field
+    flat = field.reshape(-1)
+    std = float(np.sqrt(flat @ flat / flat.size))  # ndarray.std took 0.2 s on a 256³ field, the dot 0.01
+    if std > 0:
+        field /= std
+    return field
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
