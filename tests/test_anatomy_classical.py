@@ -91,6 +91,18 @@ def test_vessels_by_vesselness_inside_the_lungs(chest):
     assert not found[lungs == 0].any()
 
 
+def test_vessels_are_found_when_no_airway_is(chest):
+    # a generated CT may show no airway at all: the vessels must not depend on it (an empty airway once turned
+    # the candidate mask into integers, and the result into the labels of the box's first two x-slices)
+    ct, sp, lungs, airway, vessel, _ = chest
+    no_airway = np.zeros(ct.shape, np.uint8)
+    found = classical.segment_vessels(ct, sp, lungs, no_airway)
+    assert found.dtype == np.uint8 and dice(found, vessel) > 0.8
+    # an airway's wall only takes candidates away: what is found with it is found without it
+    with_airway = classical.segment_vessels(ct, sp, lungs, airway) > 0
+    assert with_airway.any() and not (with_airway & (found == 0)).any()
+
+
 def test_lobes_follow_the_ltrc_layout(chest):
     ct, sp, lungs, *_ = chest
     lobes = classical.approximate_lobes(ct, sp, lungs)

@@ -563,8 +563,10 @@ def segment_vessels(
     dense = _drop_small(dense, int(DENSE_MIN_ML * 1000.0 / float(np.prod(coarse_spacing))))
     dense = _fine(dense, np.full(3, int(factors.min())), local_lung.shape) & bright
     wall_mm = max(AIRWAY_WALL_MM, 1.05 * float(spacing.max()))
-    wall = ndi.binary_dilation(local_airway, structure=_ball(wall_mm, spacing)) if local_airway.any() else 0
-    candidates = bright & (local_lung | hilum) & ~(wall > 0) & ~dense
+    # an all-False array, not a scalar 0, when no airway was found: `~(0 > 0)` is the integer -1, which made the
+    # candidates an integer array and every later mask index a gather along x (a wrong result, or a MemoryError)
+    wall = ndi.binary_dilation(local_airway, structure=_ball(wall_mm, spacing)) if local_airway.any() else local_airway
+    candidates = bright & (local_lung | hilum) & ~wall & ~dense
     v = vesselness(_smooth(local_ct, spacing, 0.5), spacing, candidates)
     # the vesselness is strongest on the centre line: accept bright voxels next to a tubular response
     near = ndi.binary_dilation(v > VESSEL_THRESHOLD, structure=_ball(1.5, spacing))
