@@ -227,13 +227,11 @@ def _vessels(v: Volumes, segs: list[Segment]) -> None:
     assert _CENTRAL_VESSEL_OK[Tissue.PULM_VESSEL] and _PERIPHERAL_OK[Tissue.PULM_VESSEL]
     central = np.array([s.central for s in segs], dtype=bool)
     ends = np.array([(*s.p0, *s.p1, s.r0, s.r1) for s in segs], dtype=np.float64).reshape(-1, 8)
-    # flat views of the (C-contiguous) label arrays
-    tissue, vessel = v.tissue.reshape(-1), v.vessel.reshape(-1)
     for seg, idx in tubes_voxels(v.grid, ends, min_r):
-        under = tissue[idx]
+        under = np.take(v.tissue, idx)  # flat (C-order) indices: np.take / np.put read and write in place
         idx = idx[np.where(central[seg], _CENTRAL_VESSEL_OK[under], _PERIPHERAL_OK[under])]
-        tissue[idx] = Tissue.PULM_VESSEL
-        vessel[idx] = True
+        np.put(v.tissue, idx, Tissue.PULM_VESSEL)
+        np.put(v.vessel, idx, True)
 
 
 def build_volumes(anat: Anatomy, trees: Trees, grid: Grid) -> Volumes:
