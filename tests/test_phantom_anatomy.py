@@ -6,7 +6,7 @@ import pytest
 
 from scripts.phantom import generate_case
 from scripts.phantom.anatomy import Anatomy
-from scripts.phantom.geometry import FOV_MM, Grid, smooth_noise, tube_distance, tubes_voxels
+from scripts.phantom.geometry import FOV_MM, Grid, smooth_noise, tubes_voxels
 from tests.test_phantom import negates
 
 
@@ -21,31 +21,34 @@ def test_scalar_and_vector_lobe_functions_agree():
         assert set(np.unique(vector)) == {0, 1, 2, 3, 4, 5}
 
 
-def test_batched_tubes_cover_exactly_what_one_tube_at_a_time_covers():
-    grid = Grid(96)
+def test_tubes_cover_the_voxels_within_their_radius():
+    grid = Grid(64)
     rng = np.random.default_rng(3)
-    p0 = rng.uniform(-170, 170, size=(300, 3))  # some boxes reach past the grid's edge
-    p1 = p0 + rng.normal(0, 12, size=(300, 3))
+    p0 = rng.uniform(-170, 170, size=(200, 3))  # some boxes reach past the grid's edge
+    p1 = p0 + rng.normal(0, 20, size=(200, 3))
     p1[:5] = p0[:5]  # zero-length tubes are spheres
-    radii = rng.uniform(0.1, 6.0, size=(300, 2))
+    radii = rng.uniform(0.1, 12.0, size=(200, 2))
     segments = np.concatenate([p0, p1, radii], axis=1)
-    min_radius = 2.0
-    expected = []
+    min_radius, grow = 4.0, 1.5
+    # every voxel's distance to every tube, in float64 over the whole grid
+    x, y, z = np.meshgrid(*[grid.axis().astype(np.float64)] * 3, indexing="ij")
+    points = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
+    sure, possible = set(), set()
     for k, (a, b, (r0, r1)) in enumerate(zip(p0, p1, radii)):
-        hit = tube_distance(grid, a, b, max(r0, r1, min_radius))
-        if hit is not None:
-            box, dist, t = hit
-            inside = np.zeros(grid.shape, bool)
-            inside[box] = dist <= np.maximum(r0 + (r1 - r0) * t, min_radius)
-            expected += [(k, int(i)) for i in np.flatnonzero(inside)]
+        d = b - a
+        t = np.clip((points - a) @ d / max(float(d @ d), 1e-12), 0.0, 1.0)
+        dist = np.linalg.norm(points - a - t[:, None] * d, axis=1)
+        radius = np.maximum(r0 + (r1 - r0) * t, min_radius) + grow
+        sure |= {(k, int(i)) for i in np.flatnonzero(dist <= radius - 1e-3)}
+        possible |= {(k, int(i)) for i in np.flatnonzero(dist <= radius + 1e-3)}
     # a small chunk makes the batches split the tubes several times
     got = [
         (int(s), int(i))
-        for seg, idx in tubes_voxels(grid, segments, min_radius, chunk_voxels=5000)
+        for seg, idx in tubes_voxels(grid, segments, min_radius, grow, chunk_voxels=5000)
         for s, i in zip(seg, idx)
     ]
-    assert len(expected) > 1000
-    assert sorted(got) == sorted(expected)
+    assert len(sure) > 1000 and len(got) == len(set(got))
+    assert sure <= set(got) <= possible
 
 
 def test_lung_bounds_hold_the_whole_lung():

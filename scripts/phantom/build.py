@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .anatomy import Anatomy
-from .geometry import Grid, largest_component, tube_distance, tubes_voxels
+from .geometry import Grid, largest_component, tubes_voxels
 from .tissues import LUNG_TISSUES, Tissue, lut
 from .trees import Segment, Trees, airway_wall
 
@@ -56,10 +56,6 @@ class Volumes:
     def lobe(self) -> np.ndarray:
         """Lobe label map: the analytic lobes where the tissue is lung (airway lumen and pleural fluid excluded)."""
         return np.where(_LUNG_LUT[self.tissue], self.lobe_region, 0).astype(np.uint8)
-
-
-def _segment_radius(seg: Segment, t: np.ndarray) -> np.ndarray:
-    return seg.r0 + (seg.r1 - seg.r0) * t
 
 
 def _section(anat: Anatomy, x: np.ndarray, y: np.ndarray, z: float) -> np.ndarray:
@@ -170,29 +166,25 @@ def _heart(v: Volumes) -> None:
     sub[(anat.heart_q(x, y, z) <= 1) & above & _NOT_BONE[sub]] = Tissue.HEART
 
 
-def carve(v: Volumes, seg: Segment, margin: float) -> None:
-    """Turn the lung within ``margin`` mm of a central tube into mediastinum (the tube lies outside the lung)."""
-    hit = tube_distance(v.grid, np.array(seg.p0), np.array(seg.p1), max(seg.r0, seg.r1) + margin)
-    if hit is None:
-        return
-    box, dist, t = hit
-    sub = v.tissue[box]
-    sub[(dist <= _segment_radius(seg, t) + margin) & _LUNGISH[sub]] = Tissue.MEDIASTINUM
+def paint_tubes(
+    v: Volumes, segs: list[Segment], label: Tissue, allowed: np.ndarray, min_radius: float = 0.0, grow: float = 0.0
+) -> np.ndarray:
+    """Paint ``label`` where the tubes cover tissue that ``allowed`` (a tissue LUT) permits; returns the flat
+    (C-order) indices painted.
 
-
-def paint_tube(
-    v: Volumes, seg: Segment, label: Tissue, allowed: np.ndarray, min_radius: float = 0.0
-) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """Paint ``label`` where a tube covers tissue that ``allowed`` (a tissue LUT) permits; returns its mask."""
-    r_max = max(seg.r0, seg.r1, min_radius)
-    hit = tube_distance(v.grid, np.array(seg.p0), np.array(seg.p1), r_max)
-    if hit is None:
-        return None
-    box, dist, t = hit
-    sub = v.tissue[box]
-    mask = (dist <= np.maximum(_segment_radius(seg, t), min_radius)) & allowed[sub]
-    sub[mask] = label
-    return box, mask
+    All tubes are painted at once (:func:`tubes_voxels`). With one label that is the same as one tube after the
+    other: a voxel ends up painted when any tube covers it on tissue that was allowed before, whatever the order.
+    Where two labels must follow each other (an airway's wall, then its lumen), call once per label.
+    """
+    if not segs:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.array([(*s.p0, *s.p1, s.r0, s.r1) for s in segs], dtype=np.float64)
+    painted = []
+    for _, idx in tubes_voxels(v.grid, ends, min_radius, grow):
+        idx = idx[allowed[np.take(v.tissue, idx)]]  # np.take / np.put work on flat indices, in place
+        np.put(v.tissue, idx, label)
+        painted.append(idx)
+    return np.concatenate(painted) if painted else np.zeros(0, dtype=np.int64)
 
 
 def _resolved(segs: list[Segment], spacing: float) -> list[Segment]:
@@ -209,29 +201,20 @@ def _airway(v: Volumes, segs: list[Segment]) -> None:
         wall = airway_wall(max(seg.r0, seg.r1))
         outer = Segment(seg.p0, seg.p1, max(seg.r0, min_r) + wall, max(seg.r1, min_r) + wall, seg.central)
         allowed = _NOT_BONE & ~lut(Tissue.AIRWAY_LUMEN) if seg.central else _PERIPHERAL_OK
-        paint_tube(v, outer, Tissue.AIRWAY_WALL, allowed)
-        hit = paint_tube(v, seg, Tissue.AIRWAY_LUMEN, lut(Tissue.AIRWAY_WALL, Tissue.AIRWAY_LUMEN) | allowed, min_r)
-        if hit is not None:
-            box, mask = hit
-            v.airway[box] |= mask
+        paint_tubes(v, [outer], Tissue.AIRWAY_WALL, allowed)
+        lumen = paint_tubes(
+            v, [seg], Tissue.AIRWAY_LUMEN, lut(Tissue.AIRWAY_WALL, Tissue.AIRWAY_LUMEN) | allowed, min_r
+        )
+        np.put(v.airway, lumen, True)
 
 
 def _vessels(v: Volumes, segs: list[Segment]) -> None:
-    """Pulmonary arteries and veins: blood-density tubes, the vessel label where they are drawn.
-
-    All tubes are drawn at once (:func:`tubes_voxels`): vessel tissue is allowed under every vessel, so the
-    order of drawing does not change the result.
-    """
+    """Pulmonary arteries and veins: blood-density tubes, the vessel label where they are drawn."""
     min_r = 0.5 * v.grid.spacing
     segs = _resolved(segs, v.grid.spacing)
-    assert _CENTRAL_VESSEL_OK[Tissue.PULM_VESSEL] and _PERIPHERAL_OK[Tissue.PULM_VESSEL]
-    central = np.array([s.central for s in segs], dtype=bool)
-    ends = np.array([(*s.p0, *s.p1, s.r0, s.r1) for s in segs], dtype=np.float64).reshape(-1, 8)
-    for seg, idx in tubes_voxels(v.grid, ends, min_r):
-        under = np.take(v.tissue, idx)  # flat (C-order) indices: np.take / np.put read and write in place
-        idx = idx[np.where(central[seg], _CENTRAL_VESSEL_OK[under], _PERIPHERAL_OK[under])]
-        np.put(v.tissue, idx, Tissue.PULM_VESSEL)
-        np.put(v.vessel, idx, True)
+    for central, allowed in ((True, _CENTRAL_VESSEL_OK), (False, _PERIPHERAL_OK)):
+        drawn = paint_tubes(v, [s for s in segs if s.central == central], Tissue.PULM_VESSEL, allowed, min_r)
+        np.put(v.vessel, drawn, True)
 
 
 def build_volumes(anat: Anatomy, trees: Trees, grid: Grid) -> Volumes:
@@ -248,15 +231,12 @@ def build_volumes(anat: Anatomy, trees: Trees, grid: Grid) -> Volumes:
     _lungs(v)
     _spine(v, x2, y2, z)
     _heart(v)
+    # the lung within a few mm of a central tube becomes mediastinum: the tube lies outside the lung
     central = [s for s in trees.airway + trees.artery + trees.vein if s.central]
-    for seg in central:
-        carve(v, seg, 2.5)
-    for seg in trees.great_vessels + trees.oesophagus:
-        carve(v, seg, 3.0)
-    for seg in trees.great_vessels:
-        paint_tube(v, seg, Tissue.BLOOD, _CENTRAL_VESSEL_OK)
-    for seg in trees.oesophagus:
-        paint_tube(v, seg, Tissue.MUSCLE, _CENTRAL_VESSEL_OK)
+    paint_tubes(v, central, Tissue.MEDIASTINUM, _LUNGISH, grow=2.5)
+    paint_tubes(v, trees.great_vessels + trees.oesophagus, Tissue.MEDIASTINUM, _LUNGISH, grow=3.0)
+    paint_tubes(v, trees.great_vessels, Tissue.BLOOD, _CENTRAL_VESSEL_OK)
+    paint_tubes(v, trees.oesophagus, Tissue.MUSCLE, _CENTRAL_VESSEL_OK)
     _vessels(v, trees.artery + trees.vein)
     _airway(v, trees.airway)
     return v

@@ -75,48 +75,20 @@ class Grid:
         return tuple(int(i) for i in np.clip(idx, 0, self.size - 1))  # type: ignore[return-value]
 
 
-def tube_distance(
-    grid: Grid, p0: np.ndarray, p1: np.ndarray, reach: float
-) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray] | None:
-    """Distance from the voxels near segment p0→p1 to the segment, inside the segment's bounding box only.
-
-    Drawing a tree segment by segment over the whole volume would cost O(volume) per segment; restricting each
-    to its own box keeps a 256³ tree to a fraction of a second.
-
-    Args:
-        grid: the voxel grid.
-        p0, p1: segment end points (mm).
-        reach: largest radius that will be asked of the result (mm); sets the box margin.
-
-    Returns:
-        (index box, distance in mm, position along the segment t in [0, 1]) or None when the box is empty.
-    """
-    p0 = np.asarray(p0, dtype=np.float32)
-    p1 = np.asarray(p1, dtype=np.float32)
-    box = grid.index_box(np.minimum(p0, p1) - reach, np.maximum(p0, p1) + reach)
-    if box is None:
-        return None
-    x, y, z = grid.box_coords(box)
-    d = p1 - p0
-    length2 = float(d @ d) or 1e-12
-    rx, ry, rz = x - p0[0], y - p0[1], z - p0[2]
-    t = np.clip((rx * d[0] + ry * d[1] + rz * d[2]) / length2, 0.0, 1.0)
-    dist = np.sqrt((rx - t * d[0]) ** 2 + (ry - t * d[1]) ** 2 + (rz - t * d[2]) ** 2)
-    return box, dist, t
-
-
 def tubes_voxels(
-    grid: Grid, segments: np.ndarray, min_radius: float = 0.0, chunk_voxels: int = 1 << 21
+    grid: Grid, segments: np.ndarray, min_radius: float = 0.0, grow: float = 0.0, chunk_voxels: int = 1 << 21
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The voxels that many tapered tubes cover, computed for all of them at once.
+    """The voxels that tapered tubes cover, computed for all of them at once.
 
-    Same distances and radii as :func:`tube_distance` (one box per tube, float32 arithmetic in the same order),
-    without its per-tube Python cost: a 256³ vascular tree is some 15 000 tubes of a few hundred voxels each.
+    Each tube is examined inside its own bounding box only (over the whole volume a 256³ tree would cost
+    O(volume) per tube), and the boxes of many tubes are flattened into one array pass: a 256³ vascular tree is
+    some 15 000 tubes of a few hundred voxels each, and one Python step per tube took most of a case's time.
 
     Args:
         grid: the voxel grid.
         segments: (n, 8) array of tubes, each ``x0, y0, z0, x1, y1, z1, r0, r1`` (mm), radius tapering linearly.
         min_radius: every tube is at least this thick (mm).
+        grow: mm added to every radius after ``min_radius`` (a margin around the tubes).
         chunk_voxels: box voxels examined at a time (bounds the memory: ~40 bytes each).
 
     Yields:
@@ -127,13 +99,13 @@ def tubes_voxels(
     p0 = segments[:, 0:3].astype(np.float32)
     p1 = segments[:, 3:6].astype(np.float32)
     r0, r1 = segments[:, 6], segments[:, 7]
-    reach = np.maximum(np.maximum(r0, r1), min_radius).astype(np.float32)[:, None]
+    reach = (np.maximum(np.maximum(r0, r1), min_radius) + grow).astype(np.float32)[:, None]
     lo = np.maximum(np.floor((np.minimum(p0, p1) - reach - grid.origin) / grid.spacing).astype(np.int64), 0)
     hi = np.minimum(np.ceil((np.maximum(p0, p1) + reach - grid.origin) / grid.spacing).astype(np.int64) + 1, grid.size)
     extent = np.maximum(hi - lo, 0)
     count = extent.prod(axis=1)
     d = p1 - p0
-    # one dot product per tube, as tube_distance takes it, so that t is bit-for-bit the same
+    # one float32 dot product per tube, as the tubes were drawn one at a time: the same voxels to the last bit
     length2 = np.array([float(v @ v) or 1e-12 for v in d], dtype=np.float32)
     slope = (r1 - r0).astype(np.float32)
     axis = grid.axis()
@@ -152,6 +124,8 @@ def tubes_voxels(
             t = np.clip((rx * dx + ry * dy + rz * dz) / length2[seg], np.float32(0), np.float32(1))
             dist = np.sqrt((rx - t * dx) ** 2 + (ry - t * dy) ** 2 + (rz - t * dz) ** 2)
             radius = np.maximum(r0[seg].astype(np.float32) + slope[seg] * t, np.float32(min_radius))
+            if grow:
+                radius += np.float32(grow)
             inside = dist <= radius
             yield seg[inside], np.ravel_multi_index((ix[inside], iy[inside], iz[inside]), grid.shape)
         first = last
